@@ -1,0 +1,1 @@
+"""Faust agents, one per module, named verb_noun; each loops, calls pipeline/ functions, writes tables."""

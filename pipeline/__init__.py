@@ -1,0 +1,1 @@
+"""llamastream core: settings, topics, records and pure stream logic shared by agents and the sidecar."""

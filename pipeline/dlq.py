@@ -1,0 +1,43 @@
+"""Accept a raw record or send it, untouched, to ``dlq.<source>`` with the reason and where it came from."""
+
+from __future__ import annotations
+
+import logging
+from typing import TypeVar
+
+import faust
+from pydantic import BaseModel
+
+from pipeline.app import settings, topic
+from pipeline.metrics import RECORDS
+from pipeline.validation import Rejected, parse_record
+
+__all__ = ["accept", "reject"]
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+
+async def reject(event: faust.EventT, source: str, reason: str) -> None:
+    """Dead-letter the record: the value stays the original bytes; the context travels in headers
+    (the Kafka Connect convention), so a fixed record can be replayed to the raw topic as it is."""
+    message = event.message
+    headers = {
+        "dlq.reason": reason.encode(),
+        "dlq.source.topic": message.topic.encode(),
+        "dlq.source.partition": str(message.partition).encode(),
+        "dlq.source.offset": str(message.offset).encode(),
+    }
+    await topic(f"dlq.{source}").send(key=message.key, value=message.value, headers=headers)
+    RECORDS.labels(source, "rejected").inc()
+    log.debug("rejected %s@%s:%s: %s", message.topic, message.partition, message.offset, reason)
+
+
+async def accept(event: faust.EventT, model: type[M], source: str) -> M | None:
+    """The validated record, or None once it has been dead-lettered."""
+    record = parse_record(event.message.value, model, settings.max_record_bytes)
+    if isinstance(record, Rejected):
+        await reject(event, source, record.reason)
+        return None
+    RECORDS.labels(source, "accepted").inc()
+    return record

@@ -1,0 +1,46 @@
+"""One typed settings object, read from the environment (prefix ``LLAMA_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the pipeline; defaults suit one machine started by ``make up``."""
+
+    model_config = SettingsConfigDict(env_prefix="LLAMA_", env_file=".env", extra="ignore")
+
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="host:port[,host:port] of the brokers")
+    app_id: str = Field("llamastream", description="faust app id: consumer group and changelog prefix")
+    topic_prefix: str = Field("", description="prepended to every topic name; tests use a unique one")
+    topic_partitions: int = Field(4, ge=1, le=256, description="partitions of raw and derived topics")
+    raw_retention_hours: int = Field(24 * 7, ge=1)
+    dlq_retention_hours: int = Field(24 * 30, ge=1)
+
+    worker_web_enabled: bool = True
+    worker_web_host: str = Field("127.0.0.1", description="faust web server (/metrics) bind address")
+    worker_web_port: int = Field(6066, ge=1, le=65535)
+    table_store: str = Field("memory://", description="faust table store; memory:// restores from changelogs")
+    commit_interval_s: float = Field(2.0, gt=0)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = Field(
+        "sqlite+aiosqlite:///./var/llamastream.db",
+        description="SQLAlchemy async URL; PostgreSQL in make up/test, SQLite when unset",
+        validation_alias=AliasChoices("LLAMA_DATABASE_URL", "DATABASE_URL", "database_url"),
+    )
+
+    max_record_bytes: int = Field(64 * 1024, ge=256, description="raw records larger than this go to the DLQ")
+    tvl_stale_after_s: float = Field(2 * 86400, gt=0, description="event-time age after which TVL is stale")
+    price_stale_after_s: float = Field(3600, gt=0, description="event-time age after which a price is stale")
+    yield_stale_after_s: float = Field(2 * 86400, gt=0)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,102 @@
+"""Every Kafka topic of the project, declared once: name, key, partitions, retention, compaction.
+
+The specs are plain data so that the worker, the replay tool, the sidecar and the tests agree on them;
+``ensure_topics`` creates whatever is missing before any consumer subscribes (the broker's own
+auto-creation is off, so a typo in a topic name fails loudly instead of creating a stray topic).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from pipeline.settings import Settings
+
+__all__ = ["TopicSpec", "topic_specs", "topic_name", "ensure_topics", "RAW_SOURCES"]
+
+log = logging.getLogger(__name__)
+
+HOUR_MS = 3600 * 1000
+# The raw sources; each has a DLQ topic named ``dlq.<source>``.
+RAW_SOURCES = ("tvl", "prices", "yields", "chain")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    key: str
+    doc: str
+    compacted: bool = False
+    retention_hours: int | None = None
+    configs: dict[str, str] = field(default_factory=dict)
+
+    def kafka_configs(self) -> dict[str, str]:
+        configs = dict(self.configs)
+        if self.compacted:
+            configs["cleanup.policy"] = "compact"
+            # Keep the latest value per key readable soon after it is superseded.
+            configs.setdefault("min.cleanable.dirty.ratio", "0.1")
+            configs.setdefault("segment.ms", str(HOUR_MS))
+        if self.retention_hours is not None:
+            configs["retention.ms"] = str(self.retention_hours * HOUR_MS)
+        return configs
+
+
+def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
+    """The project's topics by logical name (the Kafka name is ``topic_name(settings, logical)``)."""
+    raw = settings.raw_retention_hours
+    specs = [
+        TopicSpec("raw.tvl", "protocol name, or 'chain|<chain>' for chain-level rows", "TVL observations", retention_hours=raw),
+        TopicSpec("raw.prices", "coin id", "price observations", retention_hours=raw),
+        TopicSpec("raw.yields", "pool id", "yield pool observations", retention_hours=raw),
+        TopicSpec("raw.chain", "'<chain>|<address>'", "EVM logs", retention_hours=raw),
+        TopicSpec("tvl.updates", "'<kind>|<protocol>|<chain>'", "latest TVL with 1h/1d/7d changes", compacted=True),
+        TopicSpec("price.updates", "coin id", "latest price, 5m/1h/24h changes, 1m candle", compacted=True),
+        TopicSpec("yields.updates", "pool id", "latest APY/TVL per pool with 1d/7d changes", compacted=True),
+        TopicSpec("chain.events", "'<chain>|<address>'", "decoded Swap/Mint/Burn/Collect/Transfer events", retention_hours=raw),
+    ]
+    specs += [
+        TopicSpec(
+            f"dlq.{source}",
+            "the rejected record's key",
+            "rejected raw records: original bytes, reason and source offset in headers",
+            retention_hours=settings.dlq_retention_hours,
+        )
+        for source in RAW_SOURCES
+    ]
+    return {spec.name: spec for spec in specs}
+
+
+def topic_name(settings: Settings, logical: str) -> str:
+    return f"{settings.topic_prefix}{logical}"
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the project's topics that do not exist yet; returns the names it created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id=f"{settings.app_id}-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(
+                topic_name(settings, spec.name),
+                num_partitions=settings.topic_partitions,
+                replication_factor=1,
+                topic_configs=spec.kafka_configs(),
+            )
+            for spec in topic_specs(settings).values()
+            if topic_name(settings, spec.name) not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                # Another worker or sidecar created them between our listing and our request.
+                pass
+            log.info("created topics %s", [t.name for t in missing])
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
