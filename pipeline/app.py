@@ -52,6 +52,7 @@ app = LlamaApp(
     # One group leader topic per app is enough; we have no leader-only timers yet.
     topic_disable_leader=True,
     broker_commit_interval=settings.commit_interval_s,
+    broker_session_timeout=settings.session_timeout_s,
     consumer_auto_offset_reset="earliest",
     producer_acks=-1,
     # Batch what agents and table changelogs send: without linger each record became its own request.

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     worker_web_port: int = Field(6066, ge=1, le=65535)
     table_store: str = Field("memory://", description="faust table store; memory:// restores from changelogs")
     commit_interval_s: float = Field(2.0, gt=0)
+    session_timeout_s: float = Field(
+        30.0, ge=6, description="how long a dead worker keeps its partitions before the group moves them"
+    )
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     database_url: str = Field(

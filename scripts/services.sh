@@ -74,9 +74,22 @@ KAFKA_JAVA=(java "-Xmx$KAFKA_HEAP" -Xms256m -XX:+UseG1GC
   "-Dlog4j.configuration=file:$ROOT/scripts/kafka/log4j.properties" "-Dkafka.logs.dir=$KAFKA_DIR/logs"
   -cp "$KAFKA_LIB/*")
 
+kafka_healthy() {
+  python3 -c "
+import asyncio
+from aiokafka.admin import AIOKafkaAdminClient
+async def main():
+    admin = AIOKafkaAdminClient(bootstrap_servers='127.0.0.1:$KAFKA_PORT', request_timeout_ms=3000)
+    await admin.start(); await admin.list_topics(); await admin.close()
+asyncio.run(main())"
+}
+
 kafka_up() {
-  if pid_alive "$RUN/kafka.pid"; then say "kafka already running"; else
-    port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process; set LLAMA_KAFKA_PORT"
+  if pid_alive "$RUN/kafka.pid"; then say "kafka already running"
+  elif port_open "$KAFKA_PORT"; then
+    kafka_healthy >/dev/null 2>&1 || die "port $KAFKA_PORT is taken by something that is not Kafka; set LLAMA_KAFKA_PORT"
+    say "a Kafka broker started elsewhere answers on port $KAFKA_PORT: using it"
+  else
     kafka_jars
     kafka_config
     if [ ! -f "$KAFKA_DIR/data/meta.properties" ]; then
@@ -87,13 +100,7 @@ kafka_up() {
     nohup "${KAFKA_JAVA[@]}" kafka.Kafka "$KAFKA_DIR/server.properties" > "$KAFKA_DIR/logs/server.out" 2>&1 &
     echo $! > "$RUN/kafka.pid"
   fi
-  wait_for kafka 90 python3 -c "
-import asyncio
-from aiokafka.admin import AIOKafkaAdminClient
-async def main():
-    admin = AIOKafkaAdminClient(bootstrap_servers='127.0.0.1:$KAFKA_PORT', request_timeout_ms=3000)
-    await admin.start(); await admin.list_topics(); await admin.close()
-asyncio.run(main())"
+  wait_for kafka 90 kafka_healthy
 }
 
 # ---------------------------------------------------------------- Redis

@@ -14,6 +14,7 @@ from tests.integration.support import (  # noqa: F401  (re-exported for test mod
     Message,
     WorkerProcess,
     free_port,
+    read_all,
     read_table,
     read_topic,
     send_records,
@@ -31,6 +32,7 @@ def unique_settings() -> Settings:
         topic_partitions=2,
         worker_web_port=free_port(),
         commit_interval_s=0.5,
+        session_timeout_s=10,
     )
 
 

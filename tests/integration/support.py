@@ -93,6 +93,12 @@ async def read_topic(
         await consumer.stop()
 
 
+async def read_all(settings: Settings, logical: str, timeout: float = 60.0) -> list[Message]:
+    """Everything a topic holds now (up to its end offsets at the time of the call)."""
+    total = await topic_end_offsets(settings, logical)
+    return await read_topic(settings, logical, until=lambda ms: len(ms) >= total, timeout=timeout)
+
+
 async def topic_end_offsets(settings: Settings, logical: str) -> int:
     """How many records a topic holds in all, summed over partitions."""
     name = topic_name(settings, logical)
