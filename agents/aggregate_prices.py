@@ -8,7 +8,7 @@ import orjson
 from pipeline.app import app, settings, topic
 from pipeline.dlq import accept
 from pipeline.metrics import EMITTED, RECORDS
-from pipeline.observe import Watermarks, observe
+from pipeline.observe import Skipped, Watermarks, observe
 from pipeline.prices import PRICE_SERIES, price_update
 from pipeline.records import RawPrice
 from tables.prices import price_state
@@ -28,8 +28,8 @@ async def aggregate_prices(stream: faust.StreamT[bytes]) -> None:
             continue
         ts = record.ts.timestamp()
         observation = observe(price_state, PRICE_SERIES, record.coin, ts, record.price, event.message.offset)
-        if observation is None:
-            RECORDS.labels("prices", "late").inc()
+        if isinstance(observation, Skipped):
+            RECORDS.labels("prices", observation.value).inc()
             continue
         stale = watermarks.is_stale(record.source, event.message.partition, ts, settings.price_stale_after_s)
         update = price_update(record, observation, stale)

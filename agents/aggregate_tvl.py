@@ -8,7 +8,7 @@ import faust
 from pipeline.app import app, settings, topic
 from pipeline.dlq import accept
 from pipeline.metrics import EMITTED, RECORDS
-from pipeline.observe import Watermarks, observe
+from pipeline.observe import Skipped, Watermarks, observe
 from pipeline.records import RawTvl
 from pipeline.tvl import TVL_SERIES, tvl_key, tvl_update
 from tables.tvl import tvl_state
@@ -29,8 +29,8 @@ async def aggregate_tvl(stream: faust.StreamT[bytes]) -> None:
         key = tvl_key(record)
         ts = record.ts.timestamp()
         observation = observe(tvl_state, TVL_SERIES, key, ts, record.tvl_usd, event.message.offset)
-        if observation is None:
-            RECORDS.labels("tvl", "late").inc()
+        if isinstance(observation, Skipped):
+            RECORDS.labels("tvl", observation.value).inc()
             continue
         stale = watermarks.is_stale(record.source, event.message.partition, ts, settings.tvl_stale_after_s)
         update = tvl_update(record, observation, stale)

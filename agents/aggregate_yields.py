@@ -8,7 +8,7 @@ import orjson
 from pipeline.app import app, settings, topic
 from pipeline.dlq import accept
 from pipeline.metrics import EMITTED, RECORDS
-from pipeline.observe import Watermarks, observe
+from pipeline.observe import Observation, Skipped, Watermarks, observe
 from pipeline.records import RawYield
 from pipeline.series import difference
 from pipeline.yields import YIELD_SERIES, apy_series, tvl_series, yield_update
@@ -30,12 +30,13 @@ async def aggregate_yields(stream: faust.StreamT[bytes]) -> None:
         ts = record.ts.timestamp()
         offset = event.message.offset
         tvl = observe(yield_state, YIELD_SERIES, tvl_series(record.pool), ts, record.tvl_usd, offset)
-        if tvl is None:
-            RECORDS.labels("yields", "late").inc()
+        if isinstance(tvl, Skipped):
+            RECORDS.labels("yields", tvl.value).inc()
             continue
         apy = None
         if record.apy is not None:
-            apy = observe(yield_state, YIELD_SERIES, apy_series(record.pool), ts, record.apy, offset, difference)
+            observed = observe(yield_state, YIELD_SERIES, apy_series(record.pool), ts, record.apy, offset, difference)
+            apy = observed if isinstance(observed, Observation) else None
         stale = watermarks.is_stale(record.source, event.message.partition, ts, settings.yield_stale_after_s)
         update = yield_update(record, apy, tvl, stale)
         await updates.send(key=record.pool.encode(), value=orjson.dumps(update))

@@ -8,7 +8,8 @@ __all__ = ["RECORDS", "EMITTED", "PROCESSING_SECONDS"]
 
 RECORDS = Counter(
     "llamastream_raw_records_total",
-    "Raw records read, by source and outcome (accepted, rejected, late)",
+    "Raw records read, by source and outcome: accepted (passed validation), rejected (dead-lettered), "
+    "late (older than the key's latest), redelivered (read again after a restart), unknown_event",
     ["source", "outcome"],
 )
 EMITTED = Counter("llamastream_updates_emitted_total", "Values published to derived topics", ["topic"])

@@ -4,14 +4,17 @@ All state of an aggregation lives in one table, so every write an observation ma
 changelog partition (the source record's) in order, and the series' "latest" entry is written last.
 After a crash the changelog therefore holds a prefix of those writes: if the latest entry of a record
 is there, everything before it is too. Records redelivered after a restart (offset at or below the
-latest entry's) change nothing and are published again, so the derived topic is at-least-once and
-its last value per key is the same as in a run that never crashed.
+latest entry's) change nothing. The one whose offset equals the latest entry's is published again, so
+the last value per key always reaches the derived topic; older ones are not, because their updates were
+handed to the producer before their own changelog writes and so were delivered (on one broker, which
+sends requests in order), and recomputing them now would use history that has since expired.
 """
 
 from __future__ import annotations
 
 from collections.abc import MutableMapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from pipeline.series import (
@@ -25,7 +28,14 @@ from pipeline.series import (
     record_point,
 )
 
-__all__ = ["Observation", "observe", "latest_key", "Watermarks"]
+__all__ = ["Observation", "Skipped", "observe", "latest_key", "Watermarks"]
+
+
+class Skipped(Enum):
+    """Why an observation publishes nothing (the value is the metrics label)."""
+
+    LATE = "late"  # older than the series' latest point
+    REDELIVERED = "redelivered"  # read again after a restart; already in the state and published
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +57,8 @@ def observe(
     value: float,
     offset: int,
     compare: Compare = pct_change,
-) -> Observation | None:
-    """Record (ts, value) of ``series`` read at source ``offset``; None when it is late.
+) -> Observation | Skipped:
+    """Record (ts, value) of ``series`` read at source ``offset``, or say why there is nothing to publish.
 
     A late point (older than the series' latest) still enters the history, since later changes are
     computed against it, but it is not published: the derived topics are compacted by key and hold
@@ -57,11 +67,13 @@ def observe(
     key = latest_key(series)
     previous = state.get(key)
     if previous is not None and offset <= previous["offset"]:
+        if offset < previous["offset"]:
+            return Skipped.REDELIVERED
         return _observation(state, spec, series, ts, value, compare, redelivered=True)
     record_point(state, spec, series, ts, value)
     previous_ts = previous["ts"] if previous is not None else None
     if previous_ts is not None and ts < previous_ts:
-        return None
+        return Skipped.LATE
     expire_buckets(state, spec, series, previous_ts, ts)
     observation = _observation(state, spec, series, ts, value, compare, redelivered=False)
     state[key] = {"ts": ts, "offset": offset, "value": value}  # last write of this observation

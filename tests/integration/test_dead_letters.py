@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
@@ -59,7 +61,7 @@ async def test_malformed_records_go_to_the_dlq_and_valid_output_is_unchanged(
         mixed.insert(rng.randrange(len(mixed) + 1), item)
 
     await start_worker(clean)
-    await start_worker(dirty)
+    dirty_worker = await start_worker(dirty)
     await send_records(clean, records)
     await send_records(dirty, [
         # The sink sends bytes as they are: the malformed values reach Kafka byte for byte.
@@ -95,6 +97,23 @@ async def test_malformed_records_go_to_the_dlq_and_valid_output_is_unchanged(
     for letter in letters:
         word = next(word for _, value, word in bad if value == letter.value)
         assert word in letter.headers["dlq.reason"].decode(), (word, letter.headers["dlq.reason"])
+
+    # The worker counts what it accepted and rejected, per source, at /metrics.
+    counts = await _metrics(dirty_worker.settings.worker_web_port)
+    for source, raw in (("prices", "raw.prices"), ("tvl", "raw.tvl"), ("yields", "raw.yields")):
+        assert counts[("rejected", source)] == sum(1 for topic, _, _ in bad if topic == raw)
+        assert counts[("accepted", source)] == sum(1 for r in records if r.topic == raw)
+
+
+async def _metrics(port: int) -> dict[tuple[str, str], float]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as response:
+        text = await response.text()
+    counts = {}
+    for line in text.splitlines():
+        match = re.match(r'llamastream_raw_records_total\{outcome="(\w+)",source="(\w+)"\} (\S+)', line)
+        if match:
+            counts[(match[1], match[2])] = float(match[3])
+    return counts
 
 
 def _by_key(messages: list[Message]) -> dict[str, list[bytes]]:

@@ -19,14 +19,12 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.connectors.defillama_poller import DefiLlamaPoller, is_chain_key
 from pipeline.connectors.sink import KafkaSink
 from pipeline.records import CHAIN_PATTERN, RawPrice, RawTvl, RawYield
 from pipeline.settings import Settings
-from pipeline.topics import topic_name
-from tests.integration.conftest import read_topic
+from tests.integration.support import read_topic, topic_end_offsets
 
 __all__: list[str] = []
 
@@ -298,19 +296,6 @@ def _tvl_by_key(sink: ListSink) -> dict[tuple[str, str | None], float]:
     return out
 
 
-async def _records_in(settings: Settings, logical: str) -> int:
-    """Records a topic holds, over all partitions (so a duplicate emission cannot hide behind ``until``)."""
-    name = topic_name(settings, logical)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        # The ``topics`` fixture created every topic with settings.topic_partitions partitions.
-        partitions = [TopicPartition(name, p) for p in range(settings.topic_partitions)]
-        return sum((await consumer.end_offsets(partitions)).values())
-    finally:
-        await consumer.stop()
-
-
 # ---------------------------------------------------------------- tests
 
 
@@ -502,7 +487,7 @@ async def test_pools_end_to_end_through_real_kafka(
     assert emitted == len(expected)
 
     messages = await read_topic(topics, "raw.yields", until=lambda m: len(m) >= len(expected), timeout=60)
-    assert len(messages) == len(expected) == await _records_in(topics, "raw.yields")
+    assert len(messages) == len(expected) == await topic_end_offsets(topics, "raw.yields")
     for message in messages:
         record = RawYield.model_validate(message.json())
         source = expected[message.key]

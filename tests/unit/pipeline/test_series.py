@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pipeline.observe import latest_key, observe
+from pipeline.observe import Observation, Skipped, latest_key, observe
 from pipeline.series import (
     SeriesSpec,
     candle,
@@ -67,7 +67,7 @@ def test_expiry_deletes_buckets_and_index_entries_out_of_retention() -> None:
     ts = 0.0
     for step in range(4000):  # about 66 hours of one point a minute
         ts = step * 60.0
-        assert observe(store, MINUTE_SPEC, "c", ts, 1.0 + step, offset=step) is not None
+        assert isinstance(observe(store, MINUTE_SPEC, "c", ts, 1.0 + step, offset=step), Observation)
     oldest_kept = ts - MINUTE_SPEC.retention_s
     buckets = [int(k.split("@")[1]) for k in store if k.startswith("b|")]
     assert min(buckets) * 60 >= oldest_kept - 120
@@ -86,19 +86,21 @@ def test_expiry_after_a_long_gap_clears_everything_old() -> None:
 
 def test_late_point_enters_history_but_is_not_latest() -> None:
     store: dict = {}  # type: ignore[type-arg]
-    assert observe(store, MINUTE_SPEC, "c", 1000.0, 1.0, offset=1) is not None
-    assert observe(store, MINUTE_SPEC, "c", 500.0, 2.0, offset=2) is None
+    assert isinstance(observe(store, MINUTE_SPEC, "c", 1000.0, 1.0, offset=1), Observation)
+    assert observe(store, MINUTE_SPEC, "c", 500.0, 2.0, offset=2) is Skipped.LATE
     assert value_at(store, MINUTE_SPEC, "c", 600.0, 0.0) == 2.0
     assert store[latest_key("c")] == {"ts": 1000.0, "offset": 1, "value": 1.0}
 
 
-def test_a_redelivered_record_changes_nothing_and_is_published_again() -> None:
+def test_a_redelivered_record_changes_nothing_and_only_the_latest_is_published_again() -> None:
     store: dict = {}  # type: ignore[type-arg]
     first = [observe(store, MINUTE_SPEC, "c", 60.0 * i, 1.0 + i, offset=i) for i in range(100)]
     before = {k: list(v) if isinstance(v, list) else dict(v) for k, v in store.items()}
-    again = observe(store, MINUTE_SPEC, "c", 60.0 * 50, 51.0, offset=50)
+    assert observe(store, MINUTE_SPEC, "c", 60.0 * 50, 51.0, offset=50) is Skipped.REDELIVERED
+    again = observe(store, MINUTE_SPEC, "c", 60.0 * 99, 100.0, offset=99)
     assert store == before
-    assert again is not None and again.redelivered and again.changes == first[50].changes  # type: ignore[union-attr]
+    assert isinstance(again, Observation) and again.redelivered
+    assert again.changes == first[99].changes  # type: ignore[union-attr]
 
 
 def test_a_crash_between_writes_is_repaired_by_reprocessing() -> None:
