@@ -85,4 +85,5 @@ def table(name: str, **options: Any) -> faust.TableT:
 @app.page("/metrics")
 class Metrics(View):
     async def get(self, request: Request) -> Response:
-        return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp refuses a charset inside content_type; the exposition format is UTF-8 anyway.
+        return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split("; charset")[0])

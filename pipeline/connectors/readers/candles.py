@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.connectors.readers import ReplayRecord
-from pipeline.connectors.readers.defillama_tvl import day_start
+from pipeline.connectors.readers.defillama_tvl import wide_csv_cells
 
 __all__ = [
     "bar_ticks",
@@ -108,14 +108,7 @@ def read_daily_prices(path: Path) -> Iterator[ReplayRecord]:
     A zero or negative cell is sent as it is: validation at the edge, not the reader, rejects it.
     """
     source = f"replay:{path.name}"
-    with path.open(newline="") as handle:
-        reader = csv.reader(handle)
-        coins = next(reader)[1:]
-        for row in reader:
-            ts = day_start(row[0])
-            for slug, cell in zip(coins, row[1:], strict=False):
-                if not cell:
-                    continue
-                coin = f"coingecko:{slug}"
-                value = {"coin": coin, "price": float(cell), "ts": ts, "confidence": 0.9, "source": source}
-                yield ReplayRecord(ts, "raw.prices", coin, value)
+    for ts, slug, price in wide_csv_cells(path):
+        coin = f"coingecko:{slug}"
+        value = {"coin": coin, "price": price, "ts": ts, "confidence": 0.9, "source": source}
+        yield ReplayRecord(ts, "raw.prices", coin, value)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline.connectors.readers import ReplayRecord
 
-__all__ = ["read_chain_tvl", "read_protocol_tvl", "day_start"]
+__all__ = ["read_chain_tvl", "read_protocol_tvl", "day_start", "wide_csv_cells"]
 
 
 def day_start(date_text: str) -> float:
@@ -23,23 +23,27 @@ def day_start(date_text: str) -> float:
     return day.timestamp()
 
 
-def read_chain_tvl(path: Path) -> Iterator[ReplayRecord]:
-    """One ``raw.tvl`` record per (day, chain) with a value; an empty cell is a gap, not a zero."""
-    source = f"replay:{path.name}"
+def wide_csv_cells(path: Path) -> Iterator[tuple[float, str, float]]:
+    """(day start, column name, value) of a wide daily CSV ``date,<name>,<name>,...``.
+
+    An empty cell is a gap, not a zero: it yields nothing.
+    """
     with path.open(newline="") as handle:
         reader = csv.reader(handle)
-        chains = next(reader)[1:]
+        columns = next(reader)[1:]
         for row in reader:
             ts = day_start(row[0])
-            for chain, cell in zip(chains, row[1:], strict=False):
-                if not cell:
-                    continue
-                yield ReplayRecord(
-                    ts,
-                    "raw.tvl",
-                    f"chain|{chain}",
-                    {"protocol": None, "chain": chain, "tvl_usd": float(cell), "ts": ts, "source": source},
-                )
+            for column, cell in zip(columns, row[1:], strict=False):
+                if cell:
+                    yield ts, column, float(cell)
+
+
+def read_chain_tvl(path: Path) -> Iterator[ReplayRecord]:
+    """One ``raw.tvl`` record per (day, chain) with a value."""
+    source = f"replay:{path.name}"
+    for ts, chain, tvl in wide_csv_cells(path):
+        value = {"protocol": None, "chain": chain, "tvl_usd": tvl, "ts": ts, "source": source}
+        yield ReplayRecord(ts, "raw.tvl", f"chain|{chain}", value)
 
 
 def read_protocol_tvl(path: Path) -> Iterator[ReplayRecord]:
