@@ -26,7 +26,6 @@ __all__ = [
     "Point",
     "record_point",
     "bucket_points",
-    "value_at",
     "value_near",
     "changes",
     "expire_buckets",
@@ -124,12 +123,6 @@ def _last_bucket_before(store: Store, series: str, bucket: int, oldest: int) -> 
                 return None
         group -= 1
     return None
-
-
-def value_at(store: Store, spec: SeriesSpec, series: str, at: float, not_before: float) -> float | None:
-    """The value of the last point at or before ``at``, if that point is not older than ``not_before``."""
-    point = _last_point_at_or_before(store, spec, series, at)
-    return point[1] if point is not None and point[0] >= not_before else None
 
 
 def value_near(store: Store, spec: SeriesSpec, series: str, target: float, tolerance: float, now: float) -> float | None:

@@ -15,24 +15,26 @@ from pipeline.series import (
     expire_buckets,
     pct_change,
     record_point,
-    value_at,
+    value_near,
 )
 
 MINUTE_SPEC = SeriesSpec(bucket_s=60, windows=(("5m", 300), ("1h", 3600), ("24h", 86400)))
 HOURLY_SPEC = SeriesSpec(bucket_s=3600, windows=(("1h", 3600), ("1d", 86400), ("7d", 7 * 86400)))
 
 
-def test_value_at_finds_the_last_point_at_or_before() -> None:
+def test_value_near_finds_the_nearest_point_within_tolerance_and_before_now() -> None:
     store: dict = {}  # type: ignore[type-arg]
     for ts, value in [(0, 1.0), (30, 2.0), (59.5, 3.0), (600, 4.0)]:
         record_point(store, MINUTE_SPEC, "c", ts, value)
-    assert value_at(store, MINUTE_SPEC, "c", 30, 0) == 2.0
-    assert value_at(store, MINUTE_SPEC, "c", 45, 0) == 2.0
-    # Across empty buckets, through the index.
-    assert value_at(store, MINUTE_SPEC, "c", 599, 0) == 3.0
-    # The last point before is older than allowed: unknown.
-    assert value_at(store, MINUTE_SPEC, "c", 599, 100) is None
-    assert value_at(store, MINUTE_SPEC, "c", -1, -100) is None
+    assert value_near(store, MINUTE_SPEC, "c", 30, 0.1, now=1000) == 2.0
+    assert value_near(store, MINUTE_SPEC, "c", 40, 15, now=1000) == 2.0  # 59.5 is 19.5 s away: beyond tolerance
+    # Across empty buckets, through the index, forwards and backwards.
+    assert value_near(store, MINUTE_SPEC, "c", 500, 200, now=1000) == 4.0
+    assert value_near(store, MINUTE_SPEC, "c", 330, 300, now=1000) == 4.0  # 270 s away beats 270.5 s
+    assert value_near(store, MINUTE_SPEC, "c", 100, 60, now=1000) == 3.0
+    # Nothing within tolerance, or only later than now: unknown.
+    assert value_near(store, MINUTE_SPEC, "c", 500, 200, now=600) is None
+    assert value_near(store, MINUTE_SPEC, "c", -1, 0.5, now=1000) is None
 
 
 def test_changes_are_exact_and_unknown_without_a_comparison_point() -> None:
@@ -88,7 +90,7 @@ def test_late_point_enters_history_but_is_not_latest() -> None:
     store: dict = {}  # type: ignore[type-arg]
     assert isinstance(observe(store, MINUTE_SPEC, "c", 1000.0, 1.0, offset=1), Observation)
     assert observe(store, MINUTE_SPEC, "c", 500.0, 2.0, offset=2) is Skipped.LATE
-    assert value_at(store, MINUTE_SPEC, "c", 600.0, 0.0) == 2.0
+    assert value_near(store, MINUTE_SPEC, "c", 500.0, 10.0, now=1000.0) == 2.0
     assert store[latest_key("c")] == {"ts": 1000.0, "offset": 1, "value": 1.0}
 
 
