@@ -6,7 +6,7 @@ export LLAMA_KAFKA_BOOTSTRAP ?= 127.0.0.1:9092
 export LLAMA_DATABASE_URL ?= postgresql+asyncpg://llama:llama@127.0.0.1:5432/llamastream
 
 .DEFAULT_GOAL := help
-.PHONY: help install services up down status watch test test-unit bench lint clean
+.PHONY: help install services up down status watch test test-unit lint bench clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -14,7 +14,7 @@ help: ## Show this help
 $(PY): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m pip install -q -e ".[test,lint,bench]"
 	@touch $(PY)
 
 install: $(PY) ## Create .venv and install the project with its test and bench extras
@@ -38,8 +38,12 @@ KEY ?=
 watch: ## Print a topic as it flows, e.g. make watch TOPIC=price.updates KEY=terra
 	$(PY) -m pipeline.watch $(TOPIC) $(if $(KEY),--key "$(KEY)")
 
-test: install services ## The whole suite: unit tests and integration tests on the real services
+test: install lint services ## The whole suite: lint, unit tests and integration tests on the real services
 	$(PY) -m pytest
+
+lint: install ## ruff and mypy --strict on the packages
+	$(VENV)/bin/ruff check pipeline agents tables web tests
+	$(VENV)/bin/mypy pipeline agents tables web
 
 test-unit: install ## Unit tests only (no services)
 	$(PY) -m pytest tests/unit

@@ -7,6 +7,7 @@ from typing import Any
 
 import faust
 from faust.transport.producer import ProducerBuffer
+from faust.types import TableT
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -77,7 +78,7 @@ def topic(logical: str) -> faust.TopicT:
     return _topics[logical]
 
 
-def table(name: str, **options: Any) -> faust.TableT:
+def table(name: str, **options: Any) -> TableT[str, Any]:
     """A changelog-backed table co-partitioned with the raw topics (its name is its changelog topic)."""
     return app.Table(name, key_type=str, partitions=settings.topic_partitions, **options)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TypeVar
 
-import faust
+from faust.types import EventT
 from pydantic import BaseModel
 
 from pipeline.app import settings, topic
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 
-async def reject(event: faust.EventT, source: str, reason: str) -> None:
+async def reject(event: EventT[bytes], source: str, reason: str) -> None:
     """Dead-letter the record: the value stays the original bytes; the context travels in headers
     (the Kafka Connect convention), so a fixed record can be replayed to the raw topic as it is."""
     message = event.message
@@ -33,7 +33,7 @@ async def reject(event: faust.EventT, source: str, reason: str) -> None:
     log.debug("rejected %s@%s:%s: %s", message.topic, message.partition, message.offset, reason)
 
 
-async def accept(event: faust.EventT, model: type[M], source: str) -> M | None:
+async def accept(event: EventT[bytes], model: type[M], source: str) -> M | None:
     """The validated record, or None once it has been dead-lettered."""
     record = parse_record(event.message.value, model, settings.max_record_bytes)
     if isinstance(record, Rejected):

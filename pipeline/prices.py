@@ -18,7 +18,7 @@ PRICE_SERIES = SeriesSpec(
 
 def price_update(record: RawPrice, observation: Observation, stale: bool) -> PriceUpdate:
     ts = record.ts.timestamp()
-    bar = candle(observation.bucket, PRICE_SERIES.bucket_of(ts) * MINUTE)
+    open_, high, low, close = candle(observation.bucket)
     change = observation.changes
     return {
         "coin": record.coin,
@@ -28,11 +28,11 @@ def price_update(record: RawPrice, observation: Observation, stale: bool) -> Pri
         "change_1h_pct": change["1h"],
         "change_24h_pct": change["24h"],
         "candle_1m": {
-            "open": bar["open"],
-            "high": bar["high"],
-            "low": bar["low"],
-            "close": bar["close"],
-            "start": iso(bar["start"]),  # type: ignore[arg-type]
+            "open": open_,
+            "high": high,
+            "low": low,
+            "close": close,
+            "start": iso(PRICE_SERIES.bucket_of(ts) * MINUTE),
         },
         "as_of": iso(ts),
         "confidence": record.confidence,

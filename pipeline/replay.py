@@ -47,7 +47,9 @@ def _date(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
 
 
-def _window(records: Iterable[ReplayRecord], since: float | None, until: float | None) -> Iterator[ReplayRecord]:
+def _window(
+    records: Iterable[ReplayRecord], since: float | None, until: float | None
+) -> Iterator[ReplayRecord]:
     for record in records:
         if until is not None and record.ts >= until:
             return
@@ -64,8 +66,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("dataset", choices=sorted(DATASETS))
-    parser.add_argument("--speed", type=float, default=0.0,
-                        help="history seconds per wall second, e.g. 86400 = a day per second (default: max)")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        help="history seconds per wall second, e.g. 86400 = a day per second (default: max)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="stop after this many records")
     parser.add_argument("--data", type=Path, default=None, help="the shared data folder")
     parser.add_argument("--since", type=_date, default=None, help="first event day replayed (YYYY-MM-DD)")
@@ -83,7 +89,13 @@ async def _run(args: argparse.Namespace) -> None:
             records = _window(records_of(args.dataset, args.data), args.since, args.until)
             sent = await replay(itertools.islice(records, args.limit), sink, speed=args.speed)
             elapsed = time.monotonic() - started
-            log.info("replayed %d records of %s in %.1fs (%.0f/s)", sent, args.dataset, elapsed, sent / max(elapsed, 1e-9))
+            log.info(
+                "replayed %d records of %s in %.1fs (%.0f/s)",
+                sent,
+                args.dataset,
+                elapsed,
+                sent / max(elapsed, 1e-9),
+            )
             if not args.loop:
                 return
 

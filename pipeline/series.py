@@ -20,6 +20,7 @@ import bisect
 import math
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "SeriesSpec",
@@ -37,7 +38,9 @@ __all__ = [
 ]
 
 Point = list[float]  # [epoch seconds, value]; a list because that is what JSON gives back
-Store = MutableMapping[str, list[Point]]
+# Holds buckets (lists of points), index entries (lists of bucket numbers) and, in pipeline.observe,
+# latest entries: one table per aggregation (see pipeline.observe for why).
+Store = MutableMapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,9 @@ def _last_bucket_before(store: Store, series: str, bucket: int, oldest: int) -> 
     return None
 
 
-def value_near(store: Store, spec: SeriesSpec, series: str, target: float, tolerance: float, now: float) -> float | None:
+def value_near(
+    store: Store, spec: SeriesSpec, series: str, target: float, tolerance: float, now: float
+) -> float | None:
     """The value of the point nearest ``target`` within ``tolerance``, never later than ``now``.
 
     Nearest, not "last before": sources poll at slightly different times each day, and the last point
@@ -133,7 +138,9 @@ def value_near(store: Store, spec: SeriesSpec, series: str, target: float, toler
     """
     before = _last_point_at_or_before(store, spec, series, target)
     after = _first_point_after(store, spec, series, target, min(target + tolerance, now))
-    candidates = [p for p in (before, after) if p is not None and abs(p[0] - target) <= tolerance and p[0] < now]
+    candidates = [
+        p for p in (before, after) if p is not None and abs(p[0] - target) <= tolerance and p[0] < now
+    ]
     if not candidates:
         return None
     return min(candidates, key=lambda p: abs(p[0] - target))[1]
@@ -141,11 +148,11 @@ def value_near(store: Store, spec: SeriesSpec, series: str, target: float, toler
 
 def _last_point_at_or_before(store: Store, spec: SeriesSpec, series: str, at: float) -> Point | None:
     bucket = spec.bucket_of(at)
-    points = store.get(_key(series, bucket))
+    points: list[Point] | None = store.get(_key(series, bucket))
     if points:
         index = bisect.bisect_right(points, at, key=lambda p: p[0])
         if index:
-            return points[index - 1]  # type: ignore[no-any-return]
+            return points[index - 1]
     # Lookups never need more than the retention: older buckets are gone anyway.
     earlier = _last_bucket_before(store, series, bucket, spec.bucket_of(at - spec.retention_s))
     if earlier is None:
@@ -154,14 +161,16 @@ def _last_point_at_or_before(store: Store, spec: SeriesSpec, series: str, at: fl
     return points[-1] if points else None
 
 
-def _first_point_after(store: Store, spec: SeriesSpec, series: str, after: float, limit: float) -> Point | None:
+def _first_point_after(
+    store: Store, spec: SeriesSpec, series: str, after: float, limit: float
+) -> Point | None:
     """The first point later than ``after`` and not later than ``limit``."""
     bucket = spec.bucket_of(after)
     points = store.get(_key(series, bucket))
     if points:
         index = bisect.bisect_right(points, after, key=lambda p: p[0])
         if index < len(points):
-            return points[index] if points[index][0] <= limit else None  # type: ignore[no-any-return]
+            return points[index] if points[index][0] <= limit else None
     later = _first_bucket_after(store, series, bucket, spec.bucket_of(limit))
     points = store.get(_key(series, later)) if later is not None else None
     return points[0] if points and points[0][0] <= limit else None
@@ -232,13 +241,7 @@ def expire_buckets(store: Store, spec: SeriesSpec, series: str, previous_ts: flo
     return deleted
 
 
-def candle(points: list[Point], start: float) -> dict[str, float | str]:
-    """OHLC of the points of one bucket (they are sorted by time, so first is open, last is close)."""
+def candle(points: list[Point]) -> tuple[float, float, float, float]:
+    """(open, high, low, close) of one bucket's points (sorted by time: first is open, last is close)."""
     values = [value for _, value in points]
-    return {
-        "open": values[0],
-        "high": max(values),
-        "low": min(values),
-        "close": values[-1],
-        "start": start,  # the caller renders it as ISO 8601
-    }
+    return values[0], max(values), min(values), values[-1]

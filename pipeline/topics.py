@@ -49,14 +49,26 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
     """The project's topics by logical name (the Kafka name is ``topic_name(settings, logical)``)."""
     raw = settings.raw_retention_hours
     specs = [
-        TopicSpec("raw.tvl", "protocol name, or 'chain|<chain>' for chain-level rows", "TVL observations", retention_hours=raw),
+        TopicSpec(
+            "raw.tvl",
+            "protocol name, or 'chain|<chain>' for chain-level rows",
+            "TVL observations",
+            retention_hours=raw,
+        ),
         TopicSpec("raw.prices", "coin id", "price observations", retention_hours=raw),
         TopicSpec("raw.yields", "pool id", "yield pool observations", retention_hours=raw),
         TopicSpec("raw.chain", "'<chain>|<address>'", "EVM logs", retention_hours=raw),
-        TopicSpec("tvl.updates", "'<kind>|<protocol>|<chain>'", "latest TVL with 1h/1d/7d changes", compacted=True),
+        TopicSpec(
+            "tvl.updates", "'<kind>|<protocol>|<chain>'", "latest TVL with 1h/1d/7d changes", compacted=True
+        ),
         TopicSpec("price.updates", "coin id", "latest price, 5m/1h/24h changes, 1m candle", compacted=True),
         TopicSpec("yields.updates", "pool id", "latest APY/TVL per pool with 1d/7d changes", compacted=True),
-        TopicSpec("chain.events", "'<chain>|<address>'", "decoded Swap/Mint/Burn/Collect/Transfer events", retention_hours=raw),
+        TopicSpec(
+            "chain.events",
+            "'<chain>|<address>'",
+            "decoded Swap/Mint/Burn/Collect/Transfer events",
+            retention_hours=raw,
+        ),
     ]
     specs += [
         TopicSpec(
@@ -76,7 +88,9 @@ def topic_name(settings: Settings, logical: str) -> str:
 
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create the project's topics that do not exist yet; returns the names it created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id=f"{settings.app_id}-admin")
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, client_id=f"{settings.app_id}-admin"
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())

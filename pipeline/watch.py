@@ -36,8 +36,8 @@ async def watch(logical: str, key_contains: str | None, from_beginning: bool, li
             if key_contains and key_contains not in key:
                 continue
             headers = "".join(f" {k}={v.decode(errors='replace')}" for k, v in message.headers)
-            print(f"{message.partition}:{message.offset} {key} {message.value.decode(errors='replace')}{headers}",
-                  flush=True)
+            value = (message.value or b"").decode(errors="replace")
+            print(f"{message.partition}:{message.offset} {key} {value}{headers}", flush=True)
             shown += 1
             if limit is not None and shown >= limit:
                 return

@@ -7,8 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.connectors.readers import ReplayRecord
-from pipeline.connectors.readers import candles, defillama_tvl, yields
+from pipeline.connectors.readers import ReplayRecord, candles, defillama_tvl, yields
 
 __all__ = ["Dataset", "DATASETS", "default_data_dir", "records_of"]
 
@@ -62,22 +61,58 @@ def _prices(name: str, coin: str, symbol: str, interval: float) -> Reader:
 DATASETS: dict[str, Dataset] = {
     d.name: d
     for d in (
-        Dataset("chain-tvl", "daily TVL of 200 chains, 2018-2023 (Terra, FTX)",
-                (lambda data: defillama_tvl.read_chain_tvl(data / "defillama" / "chain_tvl_daily_2018-2023.csv"),)),
-        Dataset("protocol-tvl", "daily total TVL of 38 protocols, 2021-2025 (exploits, depegs)", (_protocols,)),
-        Dataset("luna", "LUNA/USDT one-minute bars, May 2022",
-                (lambda data: candles.read_binance_klines(
-                    data / "prices" / "binance_LUNAUSDT_1m_2022-05.csv", "coingecko:terra-luna", "LUNA"),)),
-        Dataset("usdc", "USDC 15-minute bars around the SVB depeg, March 2023",
-                (lambda data: candles.read_usdc_json(
-                    data / "prices" / "usdc_15m_depeg_2023-03.json", "coingecko:usd-coin", "USDC"),)),
-        Dataset("usde", "USDe/USDT one-minute bars, 5-15 October 2025",
-                (_prices("binance_USDEUSDT_1m_2025-10-05_2025-10-15.csv", "coingecko:ethena-usde", "USDe", 60),)),
-        Dataset("eth-btc-hourly", "ETH and BTC hourly bars 2022-2025 (Terra, FTX, SVB)",
-                (_prices("binance_ETHUSDT_1h_2022-2025.csv", "coingecko:ethereum", "ETH", 3600),
-                 _prices("binance_BTCUSDT_1h_2022-2025.csv", "coingecko:bitcoin", "BTC", 3600))),
-        Dataset("stablecoins", "daily prices of 20 stablecoins 2020-2023 (UST, USDC depegs)",
-                (lambda data: candles.read_daily_prices(data / "defillama" / "stablecoin_prices_daily_2020-2023.csv"),)),
+        Dataset(
+            "chain-tvl",
+            "daily TVL of 200 chains, 2018-2023 (Terra, FTX)",
+            (
+                lambda data: defillama_tvl.read_chain_tvl(
+                    data / "defillama" / "chain_tvl_daily_2018-2023.csv"
+                ),
+            ),
+        ),
+        Dataset(
+            "protocol-tvl", "daily total TVL of 38 protocols, 2021-2025 (exploits, depegs)", (_protocols,)
+        ),
+        Dataset(
+            "luna",
+            "LUNA/USDT one-minute bars, May 2022",
+            (
+                lambda data: candles.read_binance_klines(
+                    data / "prices" / "binance_LUNAUSDT_1m_2022-05.csv", "coingecko:terra-luna", "LUNA"
+                ),
+            ),
+        ),
+        Dataset(
+            "usdc",
+            "USDC 15-minute bars around the SVB depeg, March 2023",
+            (
+                lambda data: candles.read_usdc_json(
+                    data / "prices" / "usdc_15m_depeg_2023-03.json", "coingecko:usd-coin", "USDC"
+                ),
+            ),
+        ),
+        Dataset(
+            "usde",
+            "USDe/USDT one-minute bars, 5-15 October 2025",
+            (_prices("binance_USDEUSDT_1m_2025-10-05_2025-10-15.csv", "coingecko:ethena-usde", "USDe", 60),),
+        ),
+        Dataset(
+            "eth-btc-hourly",
+            "ETH and BTC hourly bars 2022-2025 (Terra, FTX, SVB)",
+            (
+                _prices("binance_ETHUSDT_1h_2022-2025.csv", "coingecko:ethereum", "ETH", 3600),
+                _prices("binance_BTCUSDT_1h_2022-2025.csv", "coingecko:bitcoin", "BTC", 3600),
+            ),
+        ),
+        Dataset(
+            "stablecoins",
+            "daily prices of 20 stablecoins 2020-2023 (UST, USDC depegs)",
+            (
+                lambda data: candles.read_daily_prices(
+                    data / "defillama" / "stablecoin_prices_daily_2020-2023.csv"
+                ),
+            ),
+        ),
         Dataset("pool-chart", "daily APY and TVL of 479 pools, 2023-2025", (_pool_chart,)),
         Dataset("pool-snapshots", "two snapshots of ~5.9k DEX pools, ten days apart", (_pool_snapshots,)),
         Dataset("univ3-logs", "one day of Uniswap v3 USDC/WETH pool logs, 2024-01-05", (_chain_logs,)),
@@ -88,8 +123,11 @@ DATASETS: dict[str, Dataset] = {
 DATASETS["demo"] = Dataset(
     "demo",
     "chain and protocol TVL, crisis prices, pools and Uniswap logs, merged by event time per source",
-    tuple(reader for name in ("chain-tvl", "protocol-tvl", "luna", "usdc", "stablecoins", "pool-chart", "univ3-logs")
-          for reader in DATASETS[name].readers),
+    tuple(
+        reader
+        for name in ("chain-tvl", "protocol-tvl", "luna", "usdc", "stablecoins", "pool-chart", "univ3-logs")
+        for reader in DATASETS[name].readers
+    ),
 )
 
 

@@ -32,8 +32,15 @@ SOURCE = "defillama"
 # ("Ethereum-borrowed"). Buckets are not TVL of a chain; emitting them would double count downstream.
 NON_CHAIN_BUCKETS = frozenset(
     {
-        "borrowed", "staking", "pool2", "doublecounted", "liquidstaking", "dcandlsoverlap",
-        "vesting", "offers", "treasury",
+        "borrowed",
+        "staking",
+        "pool2",
+        "doublecounted",
+        "liquidstaking",
+        "dcandlsoverlap",
+        "vesting",
+        "offers",
+        "treasury",
     }
 )
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
@@ -219,8 +226,12 @@ class DefiLlamaPoller:
         clock: Clock = _utc_now,
         rng: random.Random | None = None,
     ) -> None:
-        for name, value in (("tvl_interval_s", tvl_interval_s), ("prices_interval_s", prices_interval_s),
-                            ("pools_interval_s", pools_interval_s), ("request_timeout_s", request_timeout_s)):
+        for name, value in (
+            ("tvl_interval_s", tvl_interval_s),
+            ("prices_interval_s", prices_interval_s),
+            ("pools_interval_s", pools_interval_s),
+            ("request_timeout_s", request_timeout_s),
+        ):
             if not value > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
         if max_retries < 0:
@@ -398,7 +409,8 @@ class DefiLlamaPoller:
         if not isinstance(chain_tvls, dict):
             problems.add(f"{name!r} chainTvls={str(chain_tvls)[:80]!r} is not an object of chain -> number")
             return
-        chains = entry.get("chains") if isinstance(entry.get("chains"), list) else []
+        listed = entry.get("chains")
+        chains: list[str] = [str(c) for c in listed] if isinstance(listed, list) else []
         for chain, value in chain_tvls.items():
             if not is_chain_key(chain, chains):
                 continue
@@ -427,12 +439,15 @@ class DefiLlamaPoller:
             entry = answers[found]
             price = entry.get("price") if isinstance(entry, dict) else None
             problem = _amount_problem(price) or ("is zero" if price == 0 else None)
-            if problem:
+            if problem or price is None:
                 problems.add(f"{coin!r} price={price!r} {problem}")
                 continue
             ts = _payload_ts(entry.get("timestamp")) or now
             fields = {
-                "ts": ts, "source": SOURCE, "coin": coin, "price": float(price),
+                "ts": ts,
+                "source": SOURCE,
+                "coin": coin,
+                "price": float(price),
                 "symbol": entry.get("symbol"),
             }
             if entry.get("confidence") is not None:
@@ -448,7 +463,9 @@ class DefiLlamaPoller:
             self.missing_coins += len(missing)
             log.warning(
                 "coins API returned no price for %d of %d requested coin(s): %s (nothing emitted for them)",
-                len(missing), len(self.coins), ", ".join(missing[:20]),
+                len(missing),
+                len(self.coins),
+                ", ".join(missing[:20]),
             )
 
     def _pool_candidates(self, data: list[Any], now: datetime, problems: _Problems) -> Iterator[_Candidate]:

@@ -61,8 +61,6 @@ async def ready_worker(worker: WorkerProcess) -> AsyncIterator[WorkerProcess]:
     yield worker
 
 
-
-
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], Awaitable[WorkerProcess]]]:
     """Start more workers, each on its own (unique) settings; all are stopped at teardown."""

@@ -9,19 +9,18 @@ import subprocess
 import sys
 import time
 import typing
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.connectors.readers import ReplayRecord
 from pipeline.connectors.sink import KafkaSink
 from pipeline.replay import replay
 from pipeline.settings import Settings
-from pipeline.topics import ensure_topics, topic_name
+from pipeline.topics import topic_name
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,7 +74,9 @@ async def read_topic(
         while not until(messages):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"{name}: condition not met after {timeout}s with {len(messages)} messages")
+                raise TimeoutError(
+                    f"{name}: condition not met after {timeout}s with {len(messages)} messages"
+                )
             batch = await consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000), max_records=10_000)
             for tp_messages in batch.values():
                 messages.extend(
@@ -137,8 +138,20 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "faust", "-A", "pipeline.app", "worker", "-l", "info", "--without-web"]
             if not self.settings.worker_web_enabled
-            else [sys.executable, "-m", "faust", "-A", "pipeline.app", "worker", "-l", "info",
-                  "--web-port", str(self.settings.worker_web_port), "--web-host", "127.0.0.1"],
+            else [
+                sys.executable,
+                "-m",
+                "faust",
+                "-A",
+                "pipeline.app",
+                "worker",
+                "-l",
+                "info",
+                "--web-port",
+                str(self.settings.worker_web_port),
+                "--web-host",
+                "127.0.0.1",
+            ],
             cwd=ROOT,
             env=settings_env(self.settings),
             stdout=log,
@@ -192,7 +205,10 @@ async def wait_processed(settings: Settings, table: str, logical: str, timeout: 
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     await consumer.start()
     try:
-        ends = {tp.partition: end for tp, end in (await consumer.end_offsets(await _partitions(consumer, name))).items()}
+        ends = {
+            tp.partition: end
+            for tp, end in (await consumer.end_offsets(await _partitions(consumer, name))).items()
+        }
     finally:
         await consumer.stop()
     deadline = time.monotonic() + timeout

@@ -20,7 +20,10 @@ def luna_bars(data_dir: Path) -> dict[str, tuple[float, float, float, float]]:
     with (data_dir / "prices" / "binance_LUNAUSDT_1m_2022-05.csv").open(newline="") as handle:
         return {
             datetime.fromtimestamp(int(row[0]) / 1000, UTC).isoformat().replace("+00:00", "Z"): (
-                float(row[1]), float(row[2]), float(row[3]), float(row[4])
+                float(row[1]),
+                float(row[2]),
+                float(row[3]),
+                float(row[4]),
             )
             for row in csv.reader(handle)
         }
@@ -31,7 +34,9 @@ async def test_luna_candles_and_hourly_change_match_the_file(
 ) -> None:
     records = list(records_of("luna", data_dir))
     await send_records(topics, records)
-    messages = await read_topic(topics, "price.updates", until=lambda ms: len(ms) >= len(records), timeout=180)
+    messages = await read_topic(
+        topics, "price.updates", until=lambda ms: len(ms) >= len(records), timeout=180
+    )
     assert len(messages) == len(records)
     assert {m.key for m in messages} == {"coingecko:terra-luna"}
 
@@ -44,7 +49,12 @@ async def test_luna_candles_and_hourly_change_match_the_file(
     assert set(last_of_minute) == set(bars)
     for start, (open_, high, low, close) in bars.items():
         candle = last_of_minute[start]["candle_1m"]
-        assert (candle["open"], candle["high"], candle["low"], candle["close"]) == (open_, high, low, close), start
+        assert (candle["open"], candle["high"], candle["low"], candle["close"]) == (
+            open_,
+            high,
+            low,
+            close,
+        ), start
 
     at_noon = last_of_minute["2022-05-12T12:00:00Z"]
     close_noon, close_hour_before = bars["2022-05-12T12:00:00Z"][3], bars["2022-05-12T11:00:00Z"][3]

@@ -9,7 +9,6 @@ import pytest
 
 from pipeline.connectors.datasets import records_of
 from pipeline.settings import Settings
-
 from tests.integration.support import Message, WorkerProcess, read_topic, send_records
 
 pytestmark = pytest.mark.integration
@@ -45,7 +44,9 @@ async def test_terra_daily_changes_match_the_csv(
         got = updates[day]["change_1d_pct"]
         assert got == pytest.approx(expected, rel=1e-9), day
         week_before = (date.fromisoformat(day) - timedelta(days=7)).isoformat()
-        assert updates[day]["change_7d_pct"] == pytest.approx((tvl[day] / tvl[week_before] - 1) * 100, rel=1e-9)
+        assert updates[day]["change_7d_pct"] == pytest.approx(
+            (tvl[day] / tvl[week_before] - 1) * 100, rel=1e-9
+        )
         assert updates[day]["tvl_usd"] == tvl[day]
         # Daily data has no point one hour earlier: the change is unknown, never 0.
         assert updates[day]["change_1h_pct"] is None

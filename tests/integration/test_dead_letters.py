@@ -43,8 +43,20 @@ def malformed(i: int, rng: random.Random) -> tuple[str, bytes, str]:
         ("raw.tvl", b'{"tvl_usd": 5, "ts": %d}' % ts, "protocol and chain are both null"),
         ("raw.tvl", b'{"chain": "Ethereum", "tvl_usd": 5, "ts": %d, "extra": 1}' % ts, "extra"),
         ("raw.yields", b"{not json", "Invalid JSON"),
-        ("raw.yields", orjson.dumps({"pool": "p", "chain": "Ethereum", "project": "x", "tvl_usd": 1, "ts": ts,
-                                     "symbol": "x" * 70_000}), "oversized"),
+        (
+            "raw.yields",
+            orjson.dumps(
+                {
+                    "pool": "p",
+                    "chain": "Ethereum",
+                    "project": "x",
+                    "tvl_usd": 1,
+                    "ts": ts,
+                    "symbol": "x" * 70_000,
+                }
+            ),
+            "oversized",
+        ),
     ]
     return kinds[rng.randrange(len(kinds))]
 
@@ -63,11 +75,14 @@ async def test_malformed_records_go_to_the_dlq_and_valid_output_is_unchanged(
     await start_worker(clean)
     dirty_worker = await start_worker(dirty)
     await send_records(clean, records)
-    await send_records(dirty, [
-        # The sink sends bytes as they are: the malformed values reach Kafka byte for byte.
-        item if isinstance(item, ReplayRecord) else ReplayRecord(0.0, item[0], "bad", item[1])  # type: ignore[arg-type]
-        for item in mixed
-    ])
+    await send_records(
+        dirty,
+        [
+            # The sink sends bytes as they are: the malformed values reach Kafka byte for byte.
+            item if isinstance(item, ReplayRecord) else ReplayRecord(0.0, item[0], "bad", item[1])  # type: ignore[arg-type]
+            for item in mixed
+        ],
+    )
 
     # These replays hold no late records, so each valid record yields exactly one update.
     expected = {"tvl.updates": "raw.tvl", "price.updates": "raw.prices", "yields.updates": "raw.yields"}
@@ -90,9 +105,7 @@ async def test_malformed_records_go_to_the_dlq_and_valid_output_is_unchanged(
         assert reason and int(letter.headers["dlq.source.offset"]) >= 0
         assert letter.headers["dlq.source.topic"].decode().startswith(dirty.topic_prefix + "raw.")
     expected_words = sorted(word for _, _, word in bad)
-    got_words = sorted(
-        next(word for _, value, word in bad if value == letter.value) for letter in letters
-    )
+    got_words = sorted(next(word for _, value, word in bad if value == letter.value) for letter in letters)
     assert got_words == expected_words
     for letter in letters:
         word = next(word for _, value, word in bad if value == letter.value)
@@ -106,7 +119,10 @@ async def test_malformed_records_go_to_the_dlq_and_valid_output_is_unchanged(
 
 
 async def _metrics(port: int) -> dict[tuple[str, str], float]:
-    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
         text = await response.text()
     counts = {}
     for line in text.splitlines():

@@ -1,4 +1,4 @@
-"""The chain agent on the real broker: a day of Uniswap v3 logs becomes decoded events; bad logs are dead-lettered."""
+"""The chain agent on the real broker: a day of Uniswap v3 logs decodes; bad logs are dead-lettered."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ async def test_uniswap_logs_decode_to_chain_events(
     topics: Settings, ready_worker: WorkerProcess, data_dir: Path
 ) -> None:
     records = list(records_of("univ3-logs", data_dir))
-    swap = next(r for r in records if r.value["address"] == POOL and r.value["topics"][0].startswith("0xc42079"))
+    swap = next(
+        r for r in records if r.value["address"] == POOL and r.value["topics"][0].startswith("0xc42079")
+    )
     truncated = ReplayRecord(swap.ts, "raw.chain", swap.key, {**swap.value, "data": swap.value["data"][:-64]})
     await send_records(topics, records + [truncated])
 
@@ -29,7 +31,9 @@ async def test_uniswap_logs_decode_to_chain_events(
     twins = {}
     for path in folder.glob("*.pool.tick.csv"):
         with path.open(newline="") as handle:
-            twins.update({(row["transaction_hash"], int(row["log_index"])): row for row in csv.DictReader(handle)})
+            twins.update(
+                {(row["transaction_hash"], int(row["log_index"])): row for row in csv.DictReader(handle)}
+            )
     events = await read_topic(topics, "chain.events", until=lambda ms: len(ms) >= len(twins), timeout=180)
     assert len(events) == len(twins)
     for message in events:

@@ -33,12 +33,26 @@ pytestmark = pytest.mark.integration
 POLL_TIME = datetime(2025, 12, 19, 12, 0, tzinfo=UTC)
 # Buckets as the test reads DeFiLlama's docs, written out here rather than imported from the poller.
 BUCKETS = (
-    "borrowed", "staking", "pool2", "doublecounted", "liquidstaking", "dcAndLsOverlap",
-    "vesting", "offers", "treasury",
+    "borrowed",
+    "staking",
+    "pool2",
+    "doublecounted",
+    "liquidstaking",
+    "dcAndLsOverlap",
+    "vesting",
+    "offers",
+    "treasury",
 )
 # Real CoinGecko symbols of some stablecoin columns; the CSV itself carries none, the others go without.
-SYMBOLS = {"tether": "USDT", "usd-coin": "USDC", "dai": "DAI", "terrausd": "UST", "frax": "FRAX",
-           "binance-usd": "BUSD", "true-usd": "TUSD"}
+SYMBOLS = {
+    "tether": "USDT",
+    "usd-coin": "USDC",
+    "dai": "DAI",
+    "terrausd": "UST",
+    "frax": "FRAX",
+    "binance-usd": "BUSD",
+    "true-usd": "TUSD",
+}
 UNKNOWN_COIN = "coingecko:not-a-real-coin"
 
 
@@ -495,7 +509,10 @@ async def test_pools_end_to_end_through_real_kafka(
         assert (record.chain, record.project) == (source["chain"], source["project"])
         assert record.symbol == source["symbol"]
         assert (record.tvl_usd, record.apy, record.apy_base, record.apy_reward) == (
-            source["tvlUsd"], source["apy"], source["apyBase"], source["apyReward"],
+            source["tvlUsd"],
+            source["apy"],
+            source["apyBase"],
+            source["apyReward"],
         )
         assert record.ts == datetime.fromisoformat(source["timestamp"])
     assert {m.key for m in messages} == set(expected)

@@ -1,4 +1,4 @@
-"""Readers of the real data files: each yields ``ReplayRecord``s in event-time order, ready for a raw topic."""
+"""Readers of the real data files: each yields ``ReplayRecord``s in event-time order for a raw topic."""
 
 from __future__ import annotations
 

@@ -40,7 +40,14 @@ def bar_ticks(
         (start + interval - CLOSE_BEFORE_END_S, close),
     )
     for ts, price in times_prices:
-        value = {"coin": coin, "symbol": symbol, "price": price, "ts": ts, "confidence": 0.99, "source": source}
+        value = {
+            "coin": coin,
+            "symbol": symbol,
+            "price": price,
+            "ts": ts,
+            "confidence": 0.99,
+            "source": source,
+        }
         yield ReplayRecord(ts, "raw.prices", coin, value)
 
 
@@ -51,7 +58,11 @@ def _parse_time(text: str) -> float:
 
 
 def _bars_to_ticks(
-    coin: str, symbol: str, interval: float, source: str, bars: Iterable[tuple[float, tuple[float, float, float, float]]]
+    coin: str,
+    symbol: str,
+    interval: float,
+    source: str,
+    bars: Iterable[tuple[float, tuple[float, float, float, float]]],
 ) -> Iterator[ReplayRecord]:
     for start, bar in sorted(bars, key=lambda item: item[0]):
         yield from bar_ticks(coin, symbol, start, interval, bar, source)
@@ -63,7 +74,10 @@ def read_binance_csv(path: Path, coin: str, symbol: str, interval: float) -> Ite
         rows = list(csv.DictReader(handle))
     time_column = "timestamp" if "timestamp" in rows[0] else "timestamp_utc"
     bars = (
-        (_parse_time(r[time_column]), (float(r["open"]), float(r["high"]), float(r["low"]), float(r["close"])))
+        (
+            _parse_time(r[time_column]),
+            (float(r["open"]), float(r["high"]), float(r["low"]), float(r["close"])),
+        )
         for r in rows
     )
     return _bars_to_ticks(coin, symbol, interval, f"replay:{path.name}", bars)
@@ -98,7 +112,9 @@ def read_cdd_csv(path: Path, coin: str, symbol: str) -> Iterator[ReplayRecord]:
 def read_usdc_json(path: Path, coin: str, symbol: str) -> Iterator[ReplayRecord]:
     """``{"data": [{"dt", "o", "h", "l", "c", "v"}]}`` 15-minute bars."""
     data = json.loads(path.read_bytes())["data"]
-    bars = ((_parse_time(b["dt"]), (float(b["o"]), float(b["h"]), float(b["l"]), float(b["c"]))) for b in data)
+    bars = (
+        (_parse_time(b["dt"]), (float(b["o"]), float(b["h"]), float(b["l"]), float(b["c"]))) for b in data
+    )
     return _bars_to_ticks(coin, symbol, 900, f"replay:{path.name}", bars)
 
 

@@ -53,5 +53,11 @@ def read_protocol_tvl(path: Path) -> Iterator[ReplayRecord]:
     source = f"replay:{path.name}"
     for point in sorted(document["tvl"], key=lambda p: p["date"]):
         ts = float(point["date"])
-        value = {"protocol": name, "chain": None, "tvl_usd": float(point["totalLiquidityUSD"]), "ts": ts, "source": source}
+        value = {
+            "protocol": name,
+            "chain": None,
+            "tvl_usd": float(point["totalLiquidityUSD"]),
+            "ts": ts,
+            "source": source,
+        }
         yield ReplayRecord(ts, "raw.tvl", name, value)

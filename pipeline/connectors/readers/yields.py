@@ -26,7 +26,11 @@ def pool_metadata(*snapshots: Path) -> dict[str, dict[str, str]]:
     for path in snapshots:
         with path.open(newline="") as handle:
             for row in csv.DictReader(handle):
-                meta[row["pool"]] = {"chain": row["chain"], "project": row["protocol_slug"], "symbol": row["symbol"]}
+                meta[row["pool"]] = {
+                    "chain": row["chain"],
+                    "project": row["protocol_slug"],
+                    "symbol": row["symbol"],
+                }
     return meta
 
 
@@ -50,7 +54,13 @@ def read_pool_snapshot(path: Path) -> Iterator[ReplayRecord]:
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     records = [
-        _record(_ts(row["timestamp"]), row["pool"], {"chain": row["chain"], "project": row["protocol_slug"], "symbol": row["symbol"]}, row, source)
+        _record(
+            _ts(row["timestamp"]),
+            row["pool"],
+            {"chain": row["chain"], "project": row["protocol_slug"], "symbol": row["symbol"]},
+            row,
+            source,
+        )
         for row in rows
     ]
     return iter(sorted(records, key=lambda r: r.ts))

@@ -21,8 +21,13 @@ def test_a_bar_becomes_four_ticks_inside_it_whose_candle_is_the_bar() -> None:
         observation = observe(store, PRICE_SERIES, "coingecko:x", tick.ts, tick.value["price"], offset)
     assert isinstance(observation, Observation)
     update = price_update(RawPrice.model_validate(ticks[-1].value), observation, stale=False)
-    assert update["candle_1m"] == {"open": 10.0, "high": 12.0, "low": 9.0, "close": 11.0,
-                                   "start": "1970-01-01T00:01:00Z"}
+    assert update["candle_1m"] == {
+        "open": 10.0,
+        "high": 12.0,
+        "low": 9.0,
+        "close": 11.0,
+        "start": "1970-01-01T00:01:00Z",
+    }
 
 
 def test_every_dataset_is_in_event_time_order_and_valid(data_dir: Path) -> None:

@@ -27,7 +27,9 @@ def test_value_near_finds_the_nearest_point_within_tolerance_and_before_now() ->
     for ts, value in [(0, 1.0), (30, 2.0), (59.5, 3.0), (600, 4.0)]:
         record_point(store, MINUTE_SPEC, "c", ts, value)
     assert value_near(store, MINUTE_SPEC, "c", 30, 0.1, now=1000) == 2.0
-    assert value_near(store, MINUTE_SPEC, "c", 40, 15, now=1000) == 2.0  # 59.5 is 19.5 s away: beyond tolerance
+    assert (
+        value_near(store, MINUTE_SPEC, "c", 40, 15, now=1000) == 2.0
+    )  # 59.5 is 19.5 s away: beyond tolerance
     # Across empty buckets, through the index, forwards and backwards.
     assert value_near(store, MINUTE_SPEC, "c", 500, 200, now=1000) == 4.0
     assert value_near(store, MINUTE_SPEC, "c", 330, 300, now=1000) == 4.0  # 270 s away beats 270.5 s
@@ -147,7 +149,7 @@ def test_candle_of_a_bucket() -> None:
     store: dict = {}  # type: ignore[type-arg]
     for ts, price in [(60, 10.0), (80, 8.0), (100, 12.0), (119.999, 11.0)]:
         bucket = record_point(store, MINUTE_SPEC, "c", ts, price)
-    assert candle(bucket, 60) == {"open": 10.0, "high": 12.0, "low": 8.0, "close": 11.0, "start": 60}
+    assert candle(bucket) == (10.0, 12.0, 8.0, 11.0)
 
 
 def test_a_full_bucket_keeps_its_first_and_last_points() -> None:

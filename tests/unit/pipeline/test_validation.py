@@ -26,9 +26,12 @@ LIMIT = 64 * 1024
         (RawTvl, b'{"chain": "Ethereum", "tvl_usd": 1, "ts": "yesterday"}', "ts"),
         (RawYield, b"[1, 2]", "object"),
         (RawYield, b"\xff\xfe", "Invalid JSON"),
-        (RawLog, b'{"chain": "Ethereum", "block_number": 1, "tx_hash": "0x12", "tx_index": 0, "log_index": 0,'
-                  b' "address": "0x88e6a0c2ddd26feeb64f039a2c41296fcb3f5640", "topics": [], "data": "0x", "ts": 1}',
-         "tx_hash"),
+        (
+            RawLog,
+            b'{"chain": "Ethereum", "block_number": 1, "tx_hash": "0x12", "tx_index": 0, "log_index": 0,'
+            b' "address": "0x88e6a0c2ddd26feeb64f039a2c41296fcb3f5640", "topics": [], "data": "0x", "ts": 1}',
+            "tx_hash",
+        ),
     ],
 )
 def test_bad_records_are_rejected_with_the_field_named(model: type, value: bytes, names: str) -> None:
@@ -39,12 +42,16 @@ def test_bad_records_are_rejected_with_the_field_named(model: type, value: bytes
 
 def test_oversized_and_empty_records_are_rejected_before_parsing() -> None:
     big = orjson.dumps({"coin": "coingecko:eth", "price": 1, "ts": 1, "symbol": "x" * LIMIT})
-    assert parse_record(big, RawPrice, LIMIT) == Rejected(f"oversized record: {len(big)} bytes, the limit is {LIMIT}")
+    assert parse_record(big, RawPrice, LIMIT) == Rejected(
+        f"oversized record: {len(big)} bytes, the limit is {LIMIT}"
+    )
     assert isinstance(parse_record(None, RawPrice, LIMIT), Rejected)
 
 
 def test_valid_records_parse_with_utc_event_time() -> None:
-    tvl = parse_record(b'{"chain": "Plume (Deprecated)", "tvl_usd": 5, "ts": "2022-05-09T00:00:00"}', RawTvl, LIMIT)
+    tvl = parse_record(
+        b'{"chain": "Plume (Deprecated)", "tvl_usd": 5, "ts": "2022-05-09T00:00:00"}', RawTvl, LIMIT
+    )
     assert isinstance(tvl, RawTvl) and tvl.ts.timestamp() == 1652054400
     price = parse_record(b'{"coin": "ethereum:0xA0b8", "price": 1.0, "ts": 1652054400.5}', RawPrice, LIMIT)
     assert isinstance(price, RawPrice) and price.confidence == 0.99
