@@ -151,8 +151,10 @@ down() {
     say "kafka stopped"
   fi
   rm -f "$RUN/kafka.pid"
-  if redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; then
-    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true; say "redis stopped"
+  # Only what this checkout started (its pid files): a broker or Redis found running is left alone.
+  if pid_alive "$RUN/redis.pid"; then
+    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$(cat "$RUN/redis.pid")"
+    say "redis stopped"
   fi
   # PostgreSQL is the machine's cluster: left running, as other projects may use it.
 }
