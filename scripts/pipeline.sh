@@ -8,8 +8,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 RUN="$ROOT/var/run"
 LOG="$ROOT/var/log"
-# The demo replays the Terra/LUNA collapse window of every source at six hours of history per second.
-REPLAY_ARGS="${LLAMA_REPLAY_ARGS:-demo --since 2022-04-25 --until 2022-06-05 --speed 21600 --loop}"
+# The demo replays the Terra/LUNA collapse (every source, 30 minutes of history per second: LUNA's
+# minute bars are then ~120 ticks/s, well within one worker) and a day of Uniswap v3 logs beside it.
+REPLAY_ARGS="${LLAMA_REPLAY_ARGS:-demo --since 2022-05-05 --until 2022-05-20 --speed 1800 --loop}"
+CHAIN_REPLAY_ARGS="${LLAMA_CHAIN_REPLAY_ARGS:-univ3-logs --speed 600 --loop}"
 
 say() { printf '[pipeline] %s\n' "$*"; }
 alive() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
@@ -38,12 +40,14 @@ start() {
   for _ in $(seq 1 120); do grep -q "\[^Worker\]: Ready" "$LOG/worker.log" 2>/dev/null && break; sleep 0.5; done
   # shellcheck disable=SC2086
   launch replay "$PY" -m pipeline.replay $REPLAY_ARGS
+  # shellcheck disable=SC2086
+  launch replay-chain "$PY" -m pipeline.replay $CHAIN_REPLAY_ARGS
 }
 
-stop() { stop_one replay; stop_one worker; }
+stop() { stop_one replay-chain; stop_one replay; stop_one worker; }
 
 status() {
-  for name in worker replay; do
+  for name in worker replay replay-chain; do
     if alive "$name"; then say "$name: running (pid $(cat "$RUN/$name.pid"))"; else say "$name: stopped"; fi
   done
 }

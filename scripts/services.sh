@@ -160,7 +160,9 @@ down() {
 }
 
 status() {
-  pid_alive "$RUN/kafka.pid" && say "kafka: running (pid $(cat "$RUN/kafka.pid"))" || say "kafka: stopped"
+  if pid_alive "$RUN/kafka.pid"; then say "kafka: running (pid $(cat "$RUN/kafka.pid"))"
+  elif port_open "$KAFKA_PORT"; then say "kafka: running on port $KAFKA_PORT (not started by this checkout)"
+  else say "kafka: stopped"; fi
   redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && say "redis: running" || say "redis: stopped"
   pg_isready -q -h 127.0.0.1 -p "$PG_PORT" 2>/dev/null && say "postgresql: running" || say "postgresql: stopped"
 }
