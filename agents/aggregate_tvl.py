@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import orjson
 import faust
+import orjson
 
 from pipeline.app import app, settings, topic
 from pipeline.dlq import accept

@@ -35,7 +35,9 @@ async def aggregate_yields(stream: faust.StreamT[bytes]) -> None:
             continue
         apy = None
         if record.apy is not None:
-            observed = observe(yield_state, YIELD_SERIES, apy_series(record.pool), ts, record.apy, offset, difference)
+            observed = observe(
+                yield_state, YIELD_SERIES, apy_series(record.pool), ts, record.apy, offset, difference
+            )
             apy = observed if isinstance(observed, Observation) else None
         stale = watermarks.is_stale(record.source, event.message.partition, ts, settings.yield_stale_after_s)
         update = yield_update(record, apy, tvl, stale)
