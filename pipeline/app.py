@@ -49,6 +49,7 @@ app = LlamaApp(
     autodiscover=["agents", "tables"],
     origin="pipeline",
     topic_partitions=settings.topic_partitions,
+    topic_replication_factor=settings.topic_replication,
     topic_allow_declare=True,
     # One group leader topic per app is enough; we have no leader-only timers yet.
     topic_disable_leader=True,

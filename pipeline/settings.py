@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     app_id: str = Field("llamastream", description="faust app id: consumer group and changelog prefix")
     topic_prefix: str = Field("", description="prepended to every topic name; tests use a unique one")
     topic_partitions: int = Field(4, ge=1, le=256, description="partitions of raw and derived topics")
+    topic_replication: int = Field(1, ge=1, le=5, description="replication factor of created topics")
     raw_retention_hours: int = Field(24 * 7, ge=1)
     dlq_retention_hours: int = Field(24 * 30, ge=1)
 

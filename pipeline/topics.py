@@ -98,7 +98,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
             NewTopic(
                 topic_name(settings, spec.name),
                 num_partitions=settings.topic_partitions,
-                replication_factor=1,
+                replication_factor=settings.topic_replication,
                 topic_configs=spec.kafka_configs(),
             )
             for spec in topic_specs(settings).values()
