@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -511,12 +511,7 @@ async def run_contender(
         changelogs = await changelog_records(bootstrap, c.changelog_marker)
         result["changelog_records"] = sum(changelogs.values())
         result["changelog_records_per_event"] = round(sum(changelogs.values()) / max(1, expected), 2)
-    warnings = Counter()
-    for line in log_path.read_text(errors="replace").splitlines():
-        if "WARNING" in line or "ERROR" in line:
-            warnings[re.sub(r"\d+(\.\d+)?", "N", line.split("]", 3)[-1].strip())[:120]] += 1
-    if warnings:
-        result["log_warnings"] = dict(warnings.most_common(8))
+    result.update(log_summary(log_path))
     # Outputs per second over time (1 s resolution), to see warm-up and stalls.
     result["timeline"] = _timeline(samples, spawned)
     if failure:
@@ -524,6 +519,33 @@ async def run_contender(
     else:
         log(f"{c.name}: {result.get('events_per_s')} events/s")
     return result
+
+
+def log_summary(log_path: Path) -> dict[str, Any]:
+    """Warnings in a contender's log, by kind, and how long faust's commits and buffer flushes took."""
+    warnings: Counter[str] = Counter()
+    durations: dict[str, list[float]] = defaultdict(list)
+    for line in log_path.read_text(errors="replace").splitlines():
+        if "WARNING" in line or "ERROR" in line:
+            warnings[re.sub(r"\d+(\.\d+)?", "N", line.split("]", 3)[-1].strip())[:120]] += 1
+        if match := re.search(r"Timer commit is overlapping \(interval=[\d.]+ runtime=([\d.]+)\)", line):
+            durations["commit_overlapping_runtime_s"].append(float(match.group(1)))
+        elif match := re.search(r"producer flush took ([\d.]+)", line):
+            durations["producer_buffer_flush_s"].append(float(match.group(1)))
+    summary: dict[str, Any] = {}
+    if warnings:
+        summary["log_warnings"] = dict(warnings.most_common(8))
+    for name, values in durations.items():
+        values.sort()
+        summary[name] = {"count": len(values), "median": round(values[len(values) // 2], 2), "max": round(values[-1], 2)}
+    return summary
+
+
+def shorten_profile(source: Path, target: Path) -> None:
+    """The raw profile with paths made short (site-packages/, the stdlib and the code root dropped)."""
+    text = source.read_text()
+    text = re.sub(r"/[^ ;()]*/lib/python3\.\d+/(site-packages/)?", "", text)
+    target.write_text(text.replace(str(ROOT) + "/", ""))
 
 
 def _timeline(samples: list[tuple[float, int]], origin: float) -> list[list[float]]:
@@ -808,7 +830,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     )
     workdir = BENCH / ".work" / tag
     workdir.mkdir(parents=True, exist_ok=True)
-    RESULTS.mkdir(exist_ok=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     procs = Processes()
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -822,6 +844,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         },
     }
     prefix = settings.topic_prefix
+    if not args.no_profile and shutil.which("py-spy") is None:
+        log("py-spy is not on PATH: no profiles this run (pip install py-spy)")
+        args.no_profile = True
     try:
         await ensure_topics(settings)
         derived_config = topic_specs(settings)["price.updates"].kafka_configs()
@@ -910,9 +935,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         f"{r['check_final_values']}")
             raw_profile = workdir / f"{name}_profile.txt"
             if raw_profile.exists():
-                kept = RESULTS / f"{name}_profile.txt"
-                shutil.copyfile(raw_profile, kept)
-                results["profile"][name] = summarise_profile(kept)
+                kept = args.output.parent / f"{name}_profile.txt"  # next to the figures
+                results["profile"][name] = summarise_profile(raw_profile)
+                results["profile"][name]["file"] = str(kept.relative_to(HOME) if kept.is_relative_to(HOME) else kept)
+                shorten_profile(raw_profile, kept)
 
         speeds = {name: r.get("events_per_s") for name, r in results["contenders"].items()}
         results["ratios"] = {
