@@ -18,7 +18,8 @@ __all__ = ["decode_chain"]
 async def decode_chain(stream: faust.StreamT[bytes]) -> None:
     events = topic("chain.events")
     async for event in stream.events():
-        log = await accept(event, RawLog, "chain")
+        # Counted accepted only once its data fits the event's ABI too.
+        log = await accept(event, RawLog, "chain", count=False)
         if log is None:
             continue
         try:
@@ -27,6 +28,7 @@ async def decode_chain(stream: faust.StreamT[bytes]) -> None:
             # The log is well-formed JSON but its data does not fit the event's ABI.
             await reject(event, "chain", str(error))
             continue
+        RECORDS.labels("chain", "accepted").inc()
         if decoded is None:
             RECORDS.labels("chain", "unknown_event").inc()
             continue

@@ -10,6 +10,7 @@ adapter in the Quix contender (a changelog-backed faust table in the real agents
 
 from __future__ import annotations
 
+import argparse
 import heapq
 import inspect
 import os
@@ -50,6 +51,14 @@ class InputRecord:
     value: bytes  # the JSON the raw topic carries
     partition: int
     fields: dict[str, Any]  # the decoded value (for matching outputs to inputs in the latency run)
+
+
+def contender_parser(prog: str) -> argparse.ArgumentParser:
+    """The arguments every contender process takes: its consumer group and its topics."""
+    parser = argparse.ArgumentParser(prog=prog)
+    for name in ("--group", "--in-prices", "--in-tvl", "--out-prices", "--out-tvl"):
+        parser.add_argument(name, required=True)
+    return parser
 
 
 def partition_of(key: bytes, partitions: int) -> int:

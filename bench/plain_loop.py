@@ -18,7 +18,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.common import Aggregator
+from bench.common import Aggregator, contender_parser
 from pipeline.settings import get_settings
 from pipeline.validation import Rejected
 
@@ -84,12 +84,7 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.plain_loop")
-    parser.add_argument("--group", required=True)
-    parser.add_argument("--in-prices", required=True)
-    parser.add_argument("--in-tvl", required=True)
-    parser.add_argument("--out-prices", required=True)
-    parser.add_argument("--out-tvl", required=True)
+    parser = contender_parser("python -m bench.plain_loop")
     parser.add_argument("--batch", type=int, default=5000, help="max records per getmany")
     parser.add_argument("--input-count", type=int, default=0, help="exit after reading this many (0: run)")
     asyncio.run(run(parser.parse_args()))

@@ -20,7 +20,7 @@ from typing import Any
 from quixstreams import Application, State, message_context
 from quixstreams.models.serializers import Serializer
 
-from bench.common import Aggregator
+from bench.common import Aggregator, contender_parser
 from pipeline.settings import get_settings
 from pipeline.validation import Rejected
 
@@ -112,13 +112,8 @@ def build(args: argparse.Namespace) -> Application:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.quix_app")
-    parser.add_argument("--group", required=True)
+    parser = contender_parser("python -m bench.quix_app")
     parser.add_argument("--state-dir", required=True)
-    parser.add_argument("--in-prices", required=True)
-    parser.add_argument("--in-tvl", required=True)
-    parser.add_argument("--out-prices", required=True)
-    parser.add_argument("--out-tvl", required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     app = build(args)

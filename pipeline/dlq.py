@@ -33,11 +33,15 @@ async def reject(event: EventT[bytes], source: str, reason: str) -> None:
     log.debug("rejected %s@%s:%s: %s", message.topic, message.partition, message.offset, reason)
 
 
-async def accept(event: EventT[bytes], model: type[M], source: str) -> M | None:
-    """The validated record, or None once it has been dead-lettered."""
+async def accept(event: EventT[bytes], model: type[M], source: str, *, count: bool = True) -> M | None:
+    """The validated record, or None once it has been dead-lettered.
+
+    ``count=False`` leaves counting it accepted to the caller, for agents that may still reject it.
+    """
     record = parse_record(event.message.value, model, settings.max_record_bytes)
     if isinstance(record, Rejected):
         await reject(event, source, record.reason)
         return None
-    RECORDS.labels(source, "accepted").inc()
+    if count:
+        RECORDS.labels(source, "accepted").inc()
     return record
