@@ -8,6 +8,7 @@ from typing import Annotated, Literal, TypedDict
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "ProtocolMeta",
     "RawTvl",
     "RawPrice",
     "RawYield",
@@ -97,6 +98,19 @@ class RawLog(_Raw):
 
 
 # ---- derived values (plain dicts serialised with orjson; these types document their shape) ----
+
+
+class ProtocolMeta(BaseModel):
+    """``protocols.meta``: what a protocol is (slug, category, chains); joined to TVL by the sidecar."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    slug: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+    category: Annotated[str, Field(max_length=100)] | None = None
+    chains: Annotated[list[Chain], Field(max_length=500)] = []
+    symbol: Annotated[str, Field(max_length=32)] | None = None
+    url: Annotated[str, Field(max_length=500)] | None = None
 
 
 class Candle(TypedDict):

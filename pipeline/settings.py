@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -43,6 +43,22 @@ class Settings(BaseSettings):
     tvl_stale_after_s: float = Field(2 * 86400, gt=0, description="event-time age after which TVL is stale")
     price_stale_after_s: float = Field(3600, gt=0, description="event-time age after which a price is stale")
     yield_stale_after_s: float = Field(2 * 86400, gt=0)
+
+    # The web sidecar (python -m web).
+    web_host: str = Field("127.0.0.1", description="sidecar bind address")
+    web_port: int = Field(8080, ge=1, le=65535, description="sidecar port")
+    admin_token: SecretStr | None = Field(None, description="bearer token that may create keys of any tier")
+    free_tier_delay_s: float = Field(300, ge=0, description="how late the free tier sees every channel")
+    ws_max_subscriptions: int = Field(50, ge=1, description="subscriptions per WebSocket connection (cap)")
+    ws_max_inbound_per_s: float = Field(20, gt=0, description="client messages per second per connection")
+    ws_max_message_bytes: int = Field(16 * 1024, ge=256, description="largest client message accepted")
+    ws_queue_max: int = Field(2000, ge=10, description="outbound messages queued per client before resync")
+    ws_heartbeat_s: float = Field(15, gt=0, description="seconds between heartbeats")
+    ws_send_timeout_s: float = Field(30, gt=0, description="a client that takes longer to read is closed")
+    chain_events_kept: int = Field(2000, ge=0, description="recent chain events per partition for snapshots")
+    query_max_rows: int = Field(10_000, ge=1, description="largest page and history scan of /v1/query")
+    query_cache_ttl_s: float = Field(60, gt=0, description="Redis lifetime of a cached aggregation")
+    history_writer: bool = Field(True, description="this sidecar writes hourly/daily rollups to SQL")
 
 
 @lru_cache(maxsize=1)

@@ -64,6 +64,9 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
         TopicSpec("price.updates", "coin id", "latest price, 5m/1h/24h changes, 1m candle", compacted=True),
         TopicSpec("yields.updates", "pool id", "latest APY/TVL per pool with 1d/7d changes", compacted=True),
         TopicSpec(
+            "protocols.meta", "protocol name", "slug, category and chains of each protocol", compacted=True
+        ),
+        TopicSpec(
             "chain.events",
             "'<chain>|<address>'",
             "decoded Swap/Mint/Burn/Collect/Transfer events",

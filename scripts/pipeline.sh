@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts or stops the pipeline processes of `make up`: the faust worker and a replay of real data.
+# Starts or stops the processes of `make up`: the faust worker, the web sidecar and replays of real data.
 #   scripts/pipeline.sh start|stop|status
 # Logs go to var/log/, pids to var/run/. Settings come from the environment (LLAMA_*), see .env.example.
 set -euo pipefail
@@ -38,16 +38,19 @@ start() {
   mkdir -p "$RUN" "$LOG"
   launch worker "$PY" -m faust -A pipeline.app worker -l info
   for _ in $(seq 1 120); do grep -q "\[^Worker\]: Ready" "$LOG/worker.log" 2>/dev/null && break; sleep 0.5; done
+  # Protocol metadata (slug, category, chains) is a compacted topic: publishing it once is enough.
+  "$PY" -m pipeline.replay protocol-meta >>"$LOG/replay.log" 2>&1
+  launch web "$PY" -m web
   # shellcheck disable=SC2086
   launch replay "$PY" -m pipeline.replay $REPLAY_ARGS
   # shellcheck disable=SC2086
   launch replay-chain "$PY" -m pipeline.replay $CHAIN_REPLAY_ARGS
 }
 
-stop() { stop_one replay-chain; stop_one replay; stop_one worker; }
+stop() { stop_one replay-chain; stop_one replay; stop_one web; stop_one worker; }
 
 status() {
-  for name in worker replay replay-chain; do
+  for name in worker web replay replay-chain; do
     if alive "$name"; then say "$name: running (pid $(cat "$RUN/$name.pid"))"; else say "$name: stopped"; fi
   done
 }

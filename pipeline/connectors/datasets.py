@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.connectors.readers import ReplayRecord, candles, defillama_tvl, yields
+from pipeline.connectors.readers import ReplayRecord, candles, defillama_tvl, protocol_meta, yields
 
 __all__ = ["Dataset", "DATASETS", "default_data_dir", "records_of"]
 
@@ -52,6 +52,10 @@ def _pool_snapshots(data: Path) -> Iterator[ReplayRecord]:
         yields.read_pool_snapshot(folder / "pools_dex_2025-10-06.csv"),
         key=lambda r: r.ts,
     )
+
+
+def _protocol_meta(data: Path) -> Iterator[ReplayRecord]:
+    return protocol_meta.read_protocol_meta(data / "defillama" / "protocols_2025-12-08.json")
 
 
 def _prices(name: str, coin: str, symbol: str, interval: float) -> Reader:
@@ -115,6 +119,11 @@ DATASETS: dict[str, Dataset] = {
         ),
         Dataset("pool-chart", "daily APY and TVL of 479 pools, 2023-2025", (_pool_chart,)),
         Dataset("pool-snapshots", "two snapshots of ~5.9k DEX pools, ten days apart", (_pool_snapshots,)),
+        Dataset(
+            "protocol-meta",
+            "name, slug, category and chains of 6,600 protocols (DeFiLlama /protocols, 2025-12-08)",
+            (_protocol_meta,),
+        ),
         Dataset("univ3-logs", "one day of Uniswap v3 USDC/WETH pool logs, 2024-01-05", (_chain_logs,)),
     )
 }

@@ -1,0 +1,1 @@
+"""The SQL store: SQLAlchemy models, Alembic migrations and repositories (keys, history rollups)."""

@@ -1,0 +1,292 @@
+"""Request rate limits and WebSocket connection slots kept in Redis, so they hold across every sidecar."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from aiohttp import web
+from prometheus_client import Counter
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from web.keys import INSTANCE_ID, REDIS, SETTINGS
+from web.principal import Principal
+
+__all__ = [
+    "Clock",
+    "Decision",
+    "EXEMPT_PATHS",
+    "EXEMPT_PREFIXES",
+    "is_exempt",
+    "check_rate",
+    "acquire_connection",
+    "release_connection",
+    "refresh_connections",
+    "DECISION",
+    "setup",
+]
+
+# Seconds since the epoch. None (the default) means Redis's own clock, so sidecars with skewed clocks agree;
+# tests pass a fake clock to make limits deterministic.
+Clock = Callable[[], float]
+T = TypeVar("T")
+
+# Not rate limited (nor authenticated: they are public): probes, metrics, the API description, the dashboard.
+EXEMPT_PATHS = frozenset({"/", "/favicon.ico", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
+EXEMPT_PREFIXES = ("/dashboard", "/static/", "/docs/")
+
+# A Redis that does not answer within this lets the request through rather than stall every request.
+REDIS_TIMEOUT_S = 1.0
+# A connection slot lives this long unless its sidecar renews it, so a crashed sidecar's slots free up.
+SLOT_TTL_S = 60.0
+SLOT_REFRESH_S = 20.0
+RETRY_REDIS_AFTER_S = 5.0
+WARN_EVERY_S = 30.0
+
+# The decision of the request's rate limit check, turned into RateLimit-* headers on its response.
+DECISION: web.RequestKey[Decision] = web.RequestKey("rate_decision")
+
+UNAVAILABLE = Counter(
+    "llamastream_limits_unavailable_total",
+    "Rate-limit and connection-slot checks let through (fail open) because Redis could not be reached",
+    ["check"],
+)
+log = logging.getLogger(__name__)
+
+# GCRA, a token bucket in one timestamp: the bucket holds `burst` requests and refills one per interval.
+# KEYS[1]: the subject's theoretical arrival time (ms). ARGV: interval_ms, burst, now_ms ('' = Redis TIME).
+# Returns {allowed, remaining, retry_after_ms, reset_ms}.
+_GCRA = """
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - interval * burst
+if allow_at > now then
+  return {0, 0, allow_at - now, tat - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now)
+return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}
+"""
+
+# KEYS[1]: the subject's slots, member -> expiry (ms). ARGV: member, ttl_ms, limit, now_ms ('' = Redis TIME).
+_ACQUIRE = """
+local now = tonumber(ARGV[4])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local ttl = tonumber(ARGV[2])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+"""
+
+# KEYS[1]: the subject's slots. ARGV: ttl_ms, now_ms ('' = Redis TIME), members... (this sidecar's live ones).
+_REFRESH = """
+local now = tonumber(ARGV[2])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local ttl = tonumber(ARGV[1])
+for i = 3, #ARGV do redis.call('ZADD', KEYS[1], now + ttl, ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One rate limit check; ``headers()`` are sent on the response either way."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: int  # until the bucket is full again
+    retry_after_s: int  # 0 when allowed
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_s),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.retry_after_s)
+        return headers
+
+
+@dataclass
+class _Limits:
+    prefix: str
+    clock: Clock | None
+    redis: Redis | None = None
+    gcra: AsyncScript | None = None
+    acquire: AsyncScript | None = None
+    refresh: AsyncScript | None = None
+    # This sidecar's live slots: Redis key -> members, renewed by the refresher until released.
+    slots: dict[str, set[str]] = field(default_factory=dict)
+    last_warning: float = -math.inf
+    down_until: float = -math.inf
+
+    def now_arg(self) -> str:
+        return "" if self.clock is None else str(int(self.clock() * 1000))
+
+    async def guarded(self, check: str, call: Callable[[], Awaitable[T]]) -> T | None:
+        """The call's result, or None when Redis failed (counted, and logged at most every WARN_EVERY_S)."""
+        if time.monotonic() < self.down_until:
+            UNAVAILABLE.labels(check).inc()
+            return None
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT_S):
+                return await call()
+        except (RedisError, OSError, TimeoutError) as exc:
+            UNAVAILABLE.labels(check).inc()
+            # Skip Redis for a while, so requests are not each delayed by retries and the timeout.
+            self.down_until = time.monotonic() + RETRY_REDIS_AFTER_S
+            if time.monotonic() - self.last_warning >= WARN_EVERY_S:
+                self.last_warning = time.monotonic()
+                log.warning("Redis unavailable for %s checks, letting requests through: %r", check, exc)
+            return None
+
+
+LIMITS: web.AppKey[_Limits] = web.AppKey("limits")
+
+
+def is_exempt(path: str) -> bool:
+    return path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES)
+
+
+async def check_rate(app: web.Application, principal: Principal) -> Decision | None:
+    """Charge one request to the principal's subject; None when Redis is unavailable (the request goes on)."""
+    limits = app[LIMITS]
+    per_minute = principal.limits.requests_per_minute
+    gcra = limits.gcra
+    assert gcra is not None, "web.ratelimit is used before the application started"
+    key = f"{limits.prefix}:rl:{principal.subject}"
+    # The bucket holds a full minute's worth: a client idle for a minute may spend it at once.
+    interval_ms = max(1, round(60_000 / per_minute))
+    result = await limits.guarded(
+        "rate",
+        lambda: gcra(keys=[key], args=[interval_ms, per_minute, limits.now_arg()]),
+    )
+    if result is None:
+        return None
+    allowed, remaining, retry_ms, reset_ms = (int(x) for x in result)
+    return Decision(
+        allowed=bool(allowed),
+        limit=per_minute,
+        remaining=remaining,
+        reset_s=math.ceil(reset_ms / 1000),
+        retry_after_s=max(1, math.ceil(retry_ms / 1000)) if not allowed else 0,
+    )
+
+
+def _slot(app: web.Application, principal: Principal, connection_id: str) -> tuple[str, str]:
+    return f"{app[LIMITS].prefix}:conn:{principal.subject}", f"{app[INSTANCE_ID]}:{connection_id}"
+
+
+async def acquire_connection(app: web.Application, principal: Principal, connection_id: str) -> bool:
+    """Take one of the subject's WebSocket slots (tier ws_connections across all sidecars); False when full.
+
+    Fails open: with Redis down the connection is allowed, and the refresher registers it once Redis is back.
+    """
+    limits = app[LIMITS]
+    acquire = limits.acquire
+    assert acquire is not None, "web.ratelimit is used before the application started"
+    key, member = _slot(app, principal, connection_id)
+    ttl_ms = int(SLOT_TTL_S * 1000)
+    limit = principal.limits.ws_connections
+    result = await limits.guarded(
+        "connections", lambda: acquire(keys=[key], args=[member, ttl_ms, limit, limits.now_arg()])
+    )
+    if result is not None and not int(result):
+        return False
+    limits.slots.setdefault(key, set()).add(member)
+    return True
+
+
+async def release_connection(app: web.Application, principal: Principal, connection_id: str) -> None:
+    limits = app[LIMITS]
+    key, member = _slot(app, principal, connection_id)
+    members = limits.slots.get(key)
+    if members is not None:
+        members.discard(member)
+        if not members:
+            del limits.slots[key]
+    redis = limits.redis
+    if redis is not None:
+        await limits.guarded("connections", lambda: redis.zrem(key, member))
+
+
+async def refresh_connections(app: web.Application) -> None:
+    """Renew this sidecar's live slots (the refresher does this every SLOT_REFRESH_S)."""
+    limits = app[LIMITS]
+    if limits.redis is None or limits.refresh is None or not limits.slots:
+        return
+    ttl_ms = int(SLOT_TTL_S * 1000)
+    now = limits.now_arg()
+    pipe = limits.redis.pipeline(transaction=False)
+    for key, members in list(limits.slots.items()):
+        await limits.refresh(keys=[key], args=[ttl_ms, now, *members], client=pipe)
+    await limits.guarded("connections", pipe.execute)
+
+
+def setup(app: web.Application, *, clock: Clock | None = None) -> None:
+    app[LIMITS] = _Limits(prefix=app[SETTINGS].app_id, clock=clock)
+    app.cleanup_ctx.append(_limits_ctx)
+    app.on_response_prepare.append(_add_headers)
+
+
+async def _limits_ctx(app: web.Application) -> AsyncIterator[None]:
+    limits = app[LIMITS]
+    redis = limits.redis = app[REDIS]
+    limits.gcra = redis.register_script(_GCRA)
+    limits.acquire = redis.register_script(_ACQUIRE)
+    limits.refresh = redis.register_script(_REFRESH)
+    refresher = asyncio.create_task(_refresh_forever(app), name="connection-slot-refresher")
+    yield
+    refresher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await refresher
+    # Free this sidecar's slots now rather than when they expire.
+    if limits.slots:
+        pipe = redis.pipeline(transaction=False)
+        for key, members in limits.slots.items():
+            pipe.zrem(key, *members)
+        await limits.guarded("connections", pipe.execute)
+        limits.slots.clear()
+
+
+async def _refresh_forever(app: web.Application) -> None:
+    while True:
+        await asyncio.sleep(SLOT_REFRESH_S)
+        try:
+            await refresh_connections(app)
+        except Exception:  # the refresher must outlive any one failure, or every slot would expire
+            log.exception("renewing WebSocket connection slots failed")
+
+
+async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    decision = request.get(DECISION)
+    if decision is not None:
+        response.headers.update(decision.headers())
