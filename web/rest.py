@@ -47,13 +47,18 @@ class _Shape(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ProtocolSummary(_Shape):
+class _ProtocolIdentity(_Shape):
+    """Who the protocol is: the fields /protocols entries and /protocol/{slug} share."""
+
     name: str
     slug: str
     symbol: str | None
     url: str | None
     category: str | None
     chains: list[str]
+
+
+class ProtocolSummary(_ProtocolIdentity):
     tvl: float
     chainTvls: dict[str, float]
     change_1h: Pct
@@ -76,13 +81,7 @@ class ChainHistory(_Shape):
     tvl: list[TvlPoint]
 
 
-class ProtocolDetail(_Shape):
-    name: str
-    slug: str
-    symbol: str | None
-    url: str | None
-    category: str | None
-    chains: list[str]
+class ProtocolDetail(_ProtocolIdentity):
     currentChainTvls: dict[str, float]
     tvl: list[TvlPoint]
     chainTvls: dict[str, ChainHistory]

@@ -1,10 +1,12 @@
-"""Helpers of the sidecar tests: run real sidecars on loopback, publish derived updates, WebSocket clients."""
+"""Helpers of the sidecar tests: run real sidecars on loopback, real API keys and the auth stack, publish
+derived updates, WebSocket clients."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,13 +14,25 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from aiokafka import AIOKafkaProducer
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from sqlalchemy import delete
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pipeline.db import make_engine
 from pipeline.settings import Settings
-from pipeline.storage.migrate import upgrade
+from pipeline.storage import migrate
+from pipeline.storage.api_keys import create_key
+from pipeline.storage.models import ApiKey
 from pipeline.topics import ensure_topics, topic_name
 from tests.integration.support import free_port
+from web import auth, ops
 from web.app import create_app
+from web.keys import ENGINE, INSTANCE_ID, PRINCIPAL, REDIS, SETTINGS
+from web.principal import Principal
 
 
 @dataclass
@@ -36,7 +50,7 @@ class Sidecar:
 async def running_sidecar(settings: Settings) -> AsyncIterator[Sidecar]:
     """A sidecar (``create_app``) served on a free loopback port, ready once its replica caught up."""
     await ensure_topics(settings)
-    await upgrade(settings)
+    await migrate.upgrade(settings)
     app = create_app(settings)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -48,6 +62,183 @@ async def running_sidecar(settings: Settings) -> AsyncIterator[Sidecar]:
         yield sidecar
     finally:
         await runner.cleanup()
+
+
+async def new_key(
+    settings: Settings, tier: str, *, engine: AsyncEngine | None = None, owner: str | None = None
+) -> str:
+    """A real API key of ``tier`` stored in PostgreSQL as POST /v1/keys stores it; the whole key, shown once.
+
+    The owner defaults to one named after the settings' app id, so a test's keys can be told from others'.
+    """
+    own = engine is None
+    engine = engine or make_engine(settings)
+    try:
+        _, key = await create_key(
+            engine, owner=owner or f"{settings.app_id}-{tier}", tier=tier, label="integration test"
+        )
+        return key
+    finally:
+        if own:
+            await engine.dispose()
+
+
+async def delete_keys(settings: Settings) -> None:
+    """Delete the keys ``new_key`` made for these settings (owners named after the app id)."""
+    engine = make_engine(settings)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(delete(ApiKey).where(ApiKey.owner.startswith(f"{settings.app_id}-")))
+    finally:
+        await engine.dispose()
+
+
+def bearer(key: str | None) -> dict[str, str]:
+    """The header a client sends its key in (docs/keys-and-tiers.md); none for an anonymous client."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def authenticated_app(
+    settings: Settings,
+    *,
+    redis: Redis,
+    engine: AsyncEngine,
+    clock: Callable[[], float] | None = None,
+    key_cache_ttl_s: float = auth.KEY_CACHE_TTL_S,
+) -> web.Application:
+    """An application with the sidecar's own middlewares and web.auth (keys, rate limits, usage) on the
+    given Redis and PostgreSQL, and nothing else yet: the test adds the routes it exercises.
+
+    For tests that fill the replica's views themselves rather than through Kafka; ``redis`` and ``engine``
+    stay the caller's to close. ``clock`` replaces Redis's time in the rate limits (see FakeClock).
+    """
+    app = web.Application(middlewares=[ops.error_middleware, auth.middleware])
+    app[SETTINGS] = settings
+    app[INSTANCE_ID] = f"test-{uuid.uuid4().hex[:8]}"
+    app[REDIS] = redis
+    app[ENGINE] = engine
+    auth.setup(app, clock=clock, key_cache_ttl_s=key_cache_ttl_s)
+    return app
+
+
+async def clear_redis(settings: Settings, redis: Redis) -> None:
+    """Delete everything the settings' app id keeps in Redis (rate limits, slots, usage, cached queries)."""
+    keys = [key async for key in redis.scan_iter(match=f"{settings.app_id}:*")]
+    if keys:
+        await redis.delete(*keys)
+
+
+class FakeClock:
+    """A rate-limit clock the test moves, shared by sidecars: limits then depend on the requests made, not
+    on how long they took."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class AuthSidecar:
+    """web.auth with its /v1/keys and /v1/usage routes, plus /v1/echo, which answers who the caller is."""
+
+    app: web.Application
+    server: TestServer
+    session: aiohttp.ClientSession
+
+    async def call(
+        self, method: str, path: str, *, key: str | None = None, admin: bool = False, **kwargs: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        headers = {**kwargs.pop("headers", {}), **bearer(key)}
+        token = self.app[SETTINGS].admin_token
+        if admin:
+            assert token is not None, "admin calls need settings with an admin token"
+            headers |= bearer(token.get_secret_value())
+        async with self.session.request(
+            method, self.server.make_url(path), headers=headers, **kwargs
+        ) as response:
+            body = await response.json() if response.content_type == "application/json" else None
+            return response.status, body, dict(response.headers)
+
+
+async def _echo(request: web.Request) -> web.Response:
+    principal: Principal = request[PRINCIPAL]
+    return web.json_response({**principal.__dict__, "admin": auth.is_admin(request)})
+
+
+async def _ok(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+StartAuthSidecar = Callable[..., Awaitable[AuthSidecar]]
+
+
+def owner(settings: Settings, name: str) -> str:
+    """An owner name of this test's own (``delete_keys`` removes its keys)."""
+    return f"{settings.app_id}-{name}"
+
+
+@asynccontextmanager
+async def admin_settings() -> AsyncIterator[Settings]:
+    """Settings of one test with an admin token, on the migrated PostgreSQL; afterwards its keys and what it
+    kept in Redis are deleted."""
+    tag = uuid.uuid4().hex[:10]
+    settings = Settings(app_id=f"llamastream-test-{tag}", admin_token=SecretStr(f"admin-{uuid.uuid4().hex}"))
+    assert make_url(settings.database_url).get_backend_name() == "postgresql", (
+        f"integration tests need PostgreSQL, got {settings.database_url!r}: set LLAMA_DATABASE_URL"
+    )
+    await migrate.upgrade(settings)
+    try:
+        yield settings
+    finally:
+        await forget_test(settings)
+
+
+async def forget_test(settings: Settings) -> None:
+    """Delete the keys ``new_key`` made for these settings and all the app id keeps in Redis."""
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        await clear_redis(settings, redis)
+    finally:
+        await redis.aclose()
+    await delete_keys(settings)
+
+
+@asynccontextmanager
+async def auth_sidecars(settings: Settings) -> AsyncIterator[StartAuthSidecar]:
+    """Start AuthSidecars sharing Redis and PostgreSQL (but not memory), as two processes would."""
+    started: list[AuthSidecar] = []
+
+    async def start(
+        *,
+        clock: FakeClock | None = None,
+        key_cache_ttl_s: float = auth.KEY_CACHE_TTL_S,
+        redis_url: str | None = None,
+        hooks: tuple[auth.RevocationHook, ...] = (),
+    ) -> AuthSidecar:
+        redis, engine = Redis.from_url(redis_url or settings.redis_url), make_engine(settings)
+        app = authenticated_app(
+            settings, redis=redis, engine=engine, clock=clock, key_cache_ttl_s=key_cache_ttl_s
+        )
+        for hook in hooks:
+            auth.on_key_revoked(app, hook)
+        app.router.add_get("/v1/echo", _echo)
+        app.router.add_get("/healthz", _ok)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        sidecar = AuthSidecar(app, server, aiohttp.ClientSession())
+        started.append(sidecar)
+        return sidecar
+
+    try:
+        yield start
+    finally:
+        for sidecar in reversed(started):
+            await sidecar.session.close()
+            await sidecar.server.close()
+            await sidecar.app[ENGINE].dispose()
+            await sidecar.app[REDIS].aclose()
 
 
 async def wait_ready(sidecar: Sidecar, timeout: float = 60.0) -> None:
@@ -108,7 +299,7 @@ class Client:
                 return body  # type: ignore[no-any-return]
 
     async def updates(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
-        got = []
+        got: list[dict[str, Any]] = []
         while len(got) < count:
             body = await self.next(timeout=timeout)
             if body["type"] == "update":
@@ -123,8 +314,7 @@ class Client:
 
 async def connect(sidecar: Sidecar, key: str | None = None) -> Client:
     session = aiohttp.ClientSession()
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    ws = await session.ws_connect(sidecar.ws_url, headers=headers, max_msg_size=16 * 1024 * 1024)
+    ws = await session.ws_connect(sidecar.ws_url, headers=bearer(key), max_msg_size=16 * 1024 * 1024)
     client = Client(ws, session)
     welcome = await client.next("welcome")
     assert welcome["type"] == "welcome"

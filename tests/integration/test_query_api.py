@@ -9,7 +9,7 @@ import math
 import os
 import statistics
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,10 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from pipeline.settings import Settings
 from pipeline.storage.history import fold, upsert_rollups
 from pipeline.storage.models import Base
+from tests.integration.sidecar import authenticated_app, bearer, clear_redis, new_key
 from tests.integration.support import free_port
 from web import query
-from web.keys import ENGINE, PRINCIPAL, REDIS, REPLICA, SETTINGS
-from web.principal import Principal
+from web.keys import REPLICA
 from web.query_cache import EpochTracker
 from web.replica import Replica
 from web.state import Update
@@ -98,37 +98,25 @@ class Served:
     http: aiohttp.ClientSession
     feed: Feed
     clock: ManualClock
+    # The key each caller sends: a real pro key stored in PostgreSQL; "free" is an anonymous caller (no key),
+    # whom web.auth serves as the free tier.
+    keys: dict[str, str | None]
 
     async def post(self, body: dict[str, Any], tier: str = "pro") -> tuple[int, dict[str, Any]]:
-        async with self.http.post(self.url + "/v1/query", json=body, headers={"X-Test-Tier": tier}) as r:
+        headers = bearer(self.keys[tier])
+        async with self.http.post(self.url + "/v1/query", json=body, headers=headers) as r:
             return r.status, await r.json()
 
     async def get(self, params: dict[str, str], tier: str = "pro") -> tuple[int, dict[str, Any]]:
-        async with self.http.get(self.url + "/v1/query", params=params, headers={"X-Test-Tier": tier}) as r:
+        headers = bearer(self.keys[tier])
+        async with self.http.get(self.url + "/v1/query", params=params, headers=headers) as r:
             return r.status, await r.json()
 
 
-@web.middleware
-async def principal_from_header(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]
-) -> Any:
-    """Stands in for web.auth: the X-Test-Tier header picks the caller's tier ("free" = anonymous)."""
-    tier = request.headers.get("X-Test-Tier", "free")
-    principal = (
-        Principal.anonymous(request.remote or "?")
-        if tier == "free"
-        else Principal("lls_test", "tester", tier, "lls_test")
-    )
-    request[PRINCIPAL] = principal
-    return await handler(request)
-
-
-async def serve(settings: Settings, redis: Redis, engine: AsyncEngine | None = None) -> AsyncIterator[Served]:
-    app = web.Application(middlewares=[principal_from_header])
-    app[SETTINGS] = settings
-    app[REDIS] = redis
-    if engine is not None:
-        app[ENGINE] = engine
+async def serve(settings: Settings, redis: Redis, engine: AsyncEngine) -> AsyncIterator[Served]:
+    """/v1/query behind the sidecar's real auth (keys in ``engine``, limits in ``redis``)."""
+    app = authenticated_app(settings, redis=redis, engine=engine)
+    keys = {"pro": await new_key(settings, "pro", engine=engine), "free": None}
     replica = app[REPLICA] = Replica(settings)
     query.setup(app)
     clock = ManualClock()
@@ -140,12 +128,11 @@ async def serve(settings: Settings, redis: Redis, engine: AsyncEngine | None = N
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         async with aiohttp.ClientSession() as http:
-            yield Served(f"http://127.0.0.1:{port}", app, http, Feed(replica), clock)
+            yield Served(f"http://127.0.0.1:{port}", app, http, Feed(replica), clock, keys)
     finally:
         await runner.cleanup()
         with contextlib.suppress(RedisError, OSError):  # the test of Redis being down has none to clean
-            async for key in redis.scan_iter(f"{settings.app_id}:qc:*"):
-                await redis.delete(key)
+            await clear_redis(settings, redis)
         await redis.aclose()
 
 
@@ -155,8 +142,29 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-async def served(settings: Settings) -> AsyncIterator[Served]:
-    async for served in serve(settings, Redis.from_url(settings.redis_url)):
+async def engine() -> AsyncIterator[AsyncEngine]:
+    """The models' tables (API keys, history) in a schema of this test's own on the real PostgreSQL."""
+    url = os.environ.get("LLAMA_DATABASE_URL", "postgresql+asyncpg://llama:llama@127.0.0.1:5432/llamastream")
+    assert url.startswith("postgresql"), f"these tests need PostgreSQL, LLAMA_DATABASE_URL is {url!r}"
+    schema = f"qtest_{uuid.uuid4().hex[:10]}"
+    admin = create_async_engine(url)
+    async with admin.begin() as connection:
+        await connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine = create_async_engine(url, connect_args={"server_settings": {"search_path": schema}})
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(Base.metadata.create_all)
+        yield engine
+    finally:
+        await engine.dispose()
+        async with admin.begin() as connection:
+            await connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        await admin.dispose()
+
+
+@pytest.fixture
+async def served(settings: Settings, engine: AsyncEngine) -> AsyncIterator[Served]:
+    async for served in serve(settings, Redis.from_url(settings.redis_url), engine):
         yield served
 
 
@@ -335,9 +343,11 @@ async def test_free_tier_reads_the_delayed_view(served: Served, data_dir: Path) 
         assert page["rows"] == [{"tvl_usd": next(r["tvl_usd"] for r in rows if r["chain"] == "Terra")}]
 
 
-async def test_redis_down_means_computing_without_the_cache(settings: Settings, data_dir: Path) -> None:
+async def test_redis_down_means_computing_without_the_cache(
+    settings: Settings, engine: AsyncEngine, data_dir: Path
+) -> None:
     closed = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    async for served in serve(settings, Redis.from_url(closed)):
+    async for served in serve(settings, Redis.from_url(closed), engine):
         served.feed.apply("tvl", chain_rows(data_dir, DAY))
         body = {"channel": "tvl", "aggregations": {"n": "count()"}}
         for _ in range(2):
@@ -402,30 +412,7 @@ def daily_tvl_may_2022(data_dir: Path) -> dict[str, list[tuple[datetime, float]]
     return series
 
 
-@pytest.fixture
-async def history_engine() -> AsyncIterator[AsyncEngine]:
-    """The history table in a schema of this test's own on the real PostgreSQL, dropped afterwards."""
-    url = os.environ.get("LLAMA_DATABASE_URL", "postgresql+asyncpg://llama:llama@127.0.0.1:5432/llamastream")
-    assert url.startswith("postgresql"), f"these tests need PostgreSQL, LLAMA_DATABASE_URL is {url!r}"
-    schema = f"qtest_{uuid.uuid4().hex[:10]}"
-    admin = create_async_engine(url)
-    async with admin.begin() as connection:
-        await connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine = create_async_engine(url, connect_args={"server_settings": {"search_path": schema}})
-    try:
-        async with engine.begin() as connection:
-            await connection.run_sync(Base.metadata.create_all)
-        yield engine
-    finally:
-        await engine.dispose()
-        async with admin.begin() as connection:
-            await connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        await admin.dispose()
-
-
-async def test_history_rows_time_buckets_cache_and_bounds(
-    history_engine: AsyncEngine, data_dir: Path
-) -> None:
+async def test_history_rows_time_buckets_cache_and_bounds(engine: AsyncEngine, data_dir: Path) -> None:
     series = daily_tvl_may_2022(data_dir)
     updates = [
         ("tvl", f"chain||{chain}", {**chain_rows(data_dir, DAY)[0], "chain": chain, "tvl_usd": tvl,
@@ -433,9 +420,9 @@ async def test_history_rows_time_buckets_cache_and_bounds(
         for chain, days in series.items() for day, tvl in days
     ]  # fmt: skip
     # The store's own fold and upsert, as the history writer uses them.
-    await upsert_rollups(history_engine, fold(updates))
+    await upsert_rollups(engine, fold(updates))
     settings = Settings(app_id=f"llamastream-qtest-{uuid.uuid4().hex[:10]}", query_max_rows=80)
-    async for served in serve(settings, Redis.from_url(settings.redis_url), history_engine):
+    async for served in serve(settings, Redis.from_url(settings.redis_url), engine):
         month = {"resolution": "1d", "from": MAY.isoformat(), "to": JUNE.isoformat()}
         # 3 chains x 31 days of daily rollups is more than the 80 rollups a query may scan.
         status, error = await served.post({"channel": "tvl", "history": month})

@@ -7,7 +7,7 @@ import csv
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 import schemathesis
 from aiohttp import web
+from redis.asyncio import Redis
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 from sqlalchemy.engine import make_url
@@ -28,12 +29,15 @@ from sqlalchemy.engine import make_url
 from pipeline.db import make_engine
 from pipeline.records import iso
 from pipeline.settings import Settings
+from pipeline.storage.api_keys import key_id_of, revoke_key
 from pipeline.storage.history import record_updates
 from pipeline.storage.migrate import upgrade
+from pipeline.tiers import TIERS
+from tests.integration.sidecar import authenticated_app, bearer, clear_redis, new_key
 from tests.integration.support import free_port
-from web import ops, rest
-from web.keys import ENGINE, PRINCIPAL, REPLICA, SETTINGS
-from web.principal import Principal
+from web import rest
+from web.keys import ENGINE, REPLICA, SETTINGS
+from web.ratelimit import is_exempt
 from web.replica import Replica
 from web.state import Update
 
@@ -49,21 +53,17 @@ class Server:
     url: str
     app: web.Application
     http: aiohttp.ClientSession
+    # A real API key per tier, stored in the module's database: web.auth gives the caller its tier.
+    keys: dict[str, str]
 
     async def get(self, path: str, tier: str = "pro") -> tuple[int, Any]:
-        async with self.http.get(self.url + path, headers={"X-Test-Tier": tier}) as response:
+        async with self.http.get(self.url + path, headers=bearer(self.keys[tier])) as response:
             assert response.content_type == "application/json", await response.text()
+            if not is_exempt(path):  # the API description is public: no key looked up, no limit
+                # The key's tier was applied (not the anonymous default): the limit is the tier's.
+                limit = str(TIERS[tier].requests_per_minute)
+                assert response.headers.get("RateLimit-Limit") == limit, (path, response.headers)
             return response.status, await response.json()
-
-
-@web.middleware
-async def principal_from_header(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]
-) -> Any:
-    # Stands in for web.auth: the tier comes from a header, so one server serves free and pro callers.
-    tier = request.headers.get("X-Test-Tier", "pro")
-    request[PRINCIPAL] = Principal(key_id=f"lls_test{tier}", owner="test", tier=tier, subject=tier)
-    return await handler(request)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -204,21 +204,26 @@ async def fill(replica: Replica, engine: Any, data: dict[str, Any]) -> None:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server(database_url: str, data: dict[str, Any]) -> AsyncIterator[Server]:
-    settings = Settings(database_url=database_url, free_tier_delay_s=300)
-    app = web.Application(middlewares=[ops.error_middleware, principal_from_header])
-    app[SETTINGS] = settings
+    app_id = f"llamastream-rest-{uuid.uuid4().hex[:10]}"  # its own rate limits and usage in Redis
+    settings = Settings(app_id=app_id, database_url=database_url, free_tier_delay_s=300)
+    redis, engine = Redis.from_url(settings.redis_url), make_engine(settings)
+    app = authenticated_app(settings, redis=redis, engine=engine)
     app[REPLICA] = Replica(settings)
-    app[ENGINE] = engine = make_engine(settings)
     rest.setup(app)
     await fill(app[REPLICA], engine, data)
+    keys = {tier: await new_key(settings, tier, engine=engine) for tier in ("pro", "free")}
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    async with aiohttp.ClientSession() as http:
-        yield Server(f"http://127.0.0.1:{port}", app, http)
-    await runner.cleanup()
-    await engine.dispose()
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield Server(f"http://127.0.0.1:{port}", app, http, keys)
+    finally:
+        await runner.cleanup()
+        await clear_redis(settings, redis)
+        await redis.aclose()
+        await engine.dispose()
 
 
 def daily(points: list[dict[str, Any]], current: dict[str, Any]) -> list[dict[str, Any]]:
@@ -312,6 +317,21 @@ async def test_prices(server: Server, data: dict[str, Any]) -> None:
     assert free["coins"][USDC]["price"] == bars["2023-03-11T08:15:00.000Z"]
 
 
+async def test_callers_without_a_valid_key(server: Server, data: dict[str, Any]) -> None:
+    # No key: served, as the free tier (limited per address, the delayed view).
+    async with server.http.get(server.url + "/v2/chains") as response:
+        assert response.status == 200 and response.headers["RateLimit-Limit"] == "60"
+        assert {c["name"]: c["tvl"] for c in await response.json()} == data["chains"]["2022-05-08"]
+    # A revoked key: refused, not downgraded to anonymous.
+    key = await new_key(server.app[SETTINGS], "pro", engine=server.app[ENGINE])
+    key_id = key_id_of(key)
+    assert key_id is not None and await revoke_key(server.app[ENGINE], key_id) is not None
+    async with server.http.get(server.url + "/v2/chains", headers=bearer(key)) as response:
+        body = await response.json()
+        assert response.status == 401 and body["error"]["code"] == "invalid_key", body
+        assert body["error"]["reason"] == "unknown_or_revoked" and key_id in body["error"]["message"]
+
+
 @pytest.mark.parametrize(
     ("coins", "code", "named"),
     [
@@ -351,10 +371,11 @@ async def test_docs_page_lists_every_documented_route(server: Server) -> None:
         assert f"<td>{path}</td>" in page
 
 
-def fuzz(document: dict[str, Any], base_url: str, paths: set[str]) -> int:
-    """Schemathesis cases of each operation on ``paths``: bounded, derandomized, no 5xx allowed."""
+def fuzz(document: dict[str, Any], base_url: str, paths: set[str], key: str) -> list[int]:
+    """Schemathesis cases of each operation on ``paths``, sent with ``key``: bounded, derandomized, no 5xx
+    allowed; the statuses answered."""
     schema = schemathesis.openapi.from_dict(document)
-    called = 0
+    statuses: list[int] = []
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result.err()
         operation = result.ok()
@@ -367,18 +388,20 @@ def fuzz(document: dict[str, Any], base_url: str, paths: set[str]) -> int:
         )  # fmt: skip
         @hypothesis.given(case=operation.as_strategy())
         def run(case: schemathesis.Case[Any]) -> None:
-            nonlocal called
-            response = case.call(base_url=base_url, headers={"X-Test-Tier": "free"})
+            response = case.call(base_url=base_url, headers=bearer(key))
             case.validate_response(response, checks=[not_a_server_error])
-            called += 1
+            statuses.append(response.status_code)
 
         run()
-    return called
+    return statuses
 
 
 async def test_generated_requests_never_get_a_server_error(server: Server) -> None:
     _, document = await server.get("/openapi.json")
     paths = {op.path for op in rest.ROUTES} | {"/openapi.json", "/docs"}
     # The client is synchronous: it runs in a thread while this loop serves its requests.
-    called = await asyncio.to_thread(fuzz, document, server.url, paths)
-    assert called >= len(paths)
+    # A free key of its own: its 60 requests a minute cover the cases, so every one reaches a handler.
+    key = await new_key(server.app[SETTINGS], "free", engine=server.app[ENGINE])
+    statuses = await asyncio.to_thread(fuzz, document, server.url, paths, key)
+    assert len(statuses) >= len(paths)
+    assert 429 not in statuses, "rate limited: the cases no longer fit in the free tier's minute"

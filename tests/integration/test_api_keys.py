@@ -1,4 +1,5 @@
-"""Keys, tiers, rate limits, connection slots and usage on the real Redis and PostgreSQL, two sidecars."""
+"""API keys on the real PostgreSQL and Redis, two sidecars: creation, ownership, revocation, bad keys, and
+the migrations that build their table."""
 
 from __future__ import annotations
 
@@ -7,20 +8,14 @@ import hashlib
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestServer
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from prometheus_client import REGISTRY
-from pydantic import SecretStr
-from redis.asyncio import Redis
-from sqlalchemy import delete, inspect, text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -29,124 +24,26 @@ from pipeline.settings import Settings
 from pipeline.storage import migrate
 from pipeline.storage.api_keys import KEY_PATTERN, generate_key, get_key
 from pipeline.storage.models import ApiKey, Base
-from web import auth, usage
-from web.keys import ENGINE, INSTANCE_ID, PRINCIPAL, REDIS, SETTINGS
-from web.principal import Principal
-from web.ratelimit import SLOT_TTL_S, acquire_connection, refresh_connections, release_connection
+from tests.integration.sidecar import StartAuthSidecar, admin_settings, auth_sidecars, owner
+from web.keys import ENGINE, SETTINGS
 
 pytestmark = pytest.mark.integration
 
 
-class FakeClock:
-    """Shared by both sidecars of a test: limits then depend on requests made, not on how long they took."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class Sidecar:
-    app: web.Application
-    server: TestServer
-    session: ClientSession
-
-    async def call(
-        self, method: str, path: str, *, key: str | None = None, admin: bool = False, **kwargs: Any
-    ) -> tuple[int, Any, dict[str, str]]:
-        headers = dict(kwargs.pop("headers", {}))
-        if key is not None:
-            headers["Authorization"] = f"Bearer {key}"
-        if admin:
-            headers["Authorization"] = f"Bearer {self.app[SETTINGS].admin_token.get_secret_value()}"  # type: ignore[union-attr]
-        async with self.session.request(
-            method, self.server.make_url(path), headers=headers, **kwargs
-        ) as response:
-            body = await response.json() if response.content_type == "application/json" else None
-            return response.status, body, dict(response.headers)
-
-
-async def echo(request: web.Request) -> web.Response:
-    principal: Principal = request[PRINCIPAL]
-    return web.json_response({**principal.__dict__, "admin": auth.is_admin(request)})
-
-
-async def ok(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
 @pytest.fixture
 async def settings() -> AsyncIterator[Settings]:
-    tag = uuid.uuid4().hex[:10]
-    settings = Settings(app_id=f"llamastream-test-{tag}", admin_token=SecretStr(f"admin-{uuid.uuid4().hex}"))
-    assert make_url(settings.database_url).get_backend_name() == "postgresql", (
-        f"integration tests need PostgreSQL, got {settings.database_url!r}: set LLAMA_DATABASE_URL"
-    )
-    await migrate.upgrade(settings)
-    yield settings
-    redis = Redis.from_url(settings.redis_url)
-    keys = [key async for key in redis.scan_iter(match=f"{settings.app_id}:*")]
-    if keys:
-        await redis.delete(*keys)
-    await redis.aclose()
-    engine = make_engine(settings)
-    async with engine.begin() as connection:
-        await connection.execute(delete(ApiKey).where(ApiKey.owner.startswith(settings.app_id)))
-    await engine.dispose()
-
-
-StartSidecar = Callable[..., Awaitable[Sidecar]]
+    async with admin_settings() as settings:
+        yield settings
 
 
 @pytest.fixture
-async def start(settings: Settings) -> AsyncIterator[StartSidecar]:
-    """Start sidecars sharing Redis and PostgreSQL (but not memory), as two processes would."""
-    started: list[Sidecar] = []
-
-    async def start_one(
-        *,
-        clock: FakeClock | None = None,
-        key_cache_ttl_s: float = auth.KEY_CACHE_TTL_S,
-        redis_url: str | None = None,
-        hooks: tuple[auth.RevocationHook, ...] = (),
-    ) -> Sidecar:
-        app = web.Application(middlewares=[auth.middleware])
-        app[SETTINGS] = settings
-        app[INSTANCE_ID] = f"test-{uuid.uuid4().hex[:8]}"
-
-        async def resources(app: web.Application) -> AsyncIterator[None]:
-            app[REDIS] = Redis.from_url(redis_url or settings.redis_url)
-            app[ENGINE] = make_engine(settings)
-            yield
-            await app[ENGINE].dispose()
-            await app[REDIS].aclose()
-
-        app.cleanup_ctx.append(resources)
-        auth.setup(app, clock=clock, key_cache_ttl_s=key_cache_ttl_s)
-        for hook in hooks:
-            auth.on_key_revoked(app, hook)
-        app.router.add_get("/v1/echo", echo)
-        app.router.add_get("/healthz", ok)
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
-        sidecar = Sidecar(app, server, ClientSession())
-        started.append(sidecar)
-        return sidecar
-
-    yield start_one
-    for sidecar in reversed(started):
-        await sidecar.session.close()
-        await sidecar.server.close()
-
-
-def owner(settings: Settings, name: str) -> str:
-    return f"{settings.app_id}-{name}"
+async def start(settings: Settings) -> AsyncIterator[StartAuthSidecar]:
+    async with auth_sidecars(settings) as start:
+        yield start
 
 
 async def test_keys_are_stored_hashed_and_the_secret_is_shown_once(
-    start: StartSidecar, settings: Settings
+    start: StartAuthSidecar, settings: Settings
 ) -> None:
     a = await start()
     status, created, _ = await a.call(
@@ -172,7 +69,7 @@ async def test_keys_are_stored_hashed_and_the_secret_is_shown_once(
     assert set(listing["keys"][0]) == {"id", "owner", "tier", "label", "created_at", "revoked_at"}
 
 
-async def test_owners_see_and_revoke_only_their_own_keys(start: StartSidecar, settings: Settings) -> None:
+async def test_owners_see_and_revoke_only_their_own_keys(start: StartAuthSidecar, settings: Settings) -> None:
     a = await start()
     alice, bob = owner(settings, "alice"), owner(settings, "bob")
     _, alice_pro, _ = await a.call("POST", "/v1/keys", admin=True, json={"owner": alice, "tier": "pro"})
@@ -216,7 +113,9 @@ async def test_owners_see_and_revoke_only_their_own_keys(start: StartSidecar, se
     assert (await a.call("DELETE", f"/v1/keys/{bob_key['id']}", admin=True))[0] == 204  # idempotent
 
 
-async def test_a_revocation_reaches_every_sidecar_at_once(start: StartSidecar, settings: Settings) -> None:
+async def test_a_revocation_reaches_every_sidecar_at_once(
+    start: StartAuthSidecar, settings: Settings
+) -> None:
     revoked_on_b: list[str] = []
     heard = asyncio.Event()
 
@@ -236,7 +135,7 @@ async def test_a_revocation_reaches_every_sidecar_at_once(start: StartSidecar, s
     assert status == 401 and body["error"]["code"] == "invalid_key"
 
 
-async def test_bad_keys_are_refused_with_the_reason_and_never_echoed(start: StartSidecar) -> None:
+async def test_bad_keys_are_refused_with_the_reason_and_never_echoed(start: StartAuthSidecar) -> None:
     a = await start()
     status, who, _ = await a.call("GET", "/v1/echo")
     assert (
@@ -277,7 +176,7 @@ async def test_bad_keys_are_refused_with_the_reason_and_never_echoed(start: Star
     ],
 )
 async def test_invalid_bodies_are_refused_naming_the_field(
-    start: StartSidecar, body: dict[str, Any], field: str
+    start: StartAuthSidecar, body: dict[str, Any], field: str
 ) -> None:
     a = await start()
     status, answer, _ = await a.call("POST", "/v1/keys", admin=True, json=body)
@@ -287,100 +186,6 @@ async def test_invalid_bodies_are_refused_naming_the_field(
     assert repr(field) in answer["error"]["message"]
     status, answer, _ = await a.call("POST", "/v1/keys", admin=True, data=b"{not json")
     assert status == 400 and answer["error"]["code"] == "invalid_request"
-
-
-async def test_the_rate_limit_holds_across_sidecars(start: StartSidecar, settings: Settings) -> None:
-    clock = FakeClock()
-    a, b = await start(clock=clock), await start(clock=clock)
-    _, created, _ = await a.call("POST", "/v1/keys", json={"owner": owner(settings, "erin")})
-    key = created["key"]
-    for i in range(60):  # the free tier: 60 requests per minute, all of them at once after a quiet minute
-        status, _, headers = await (a, b)[i % 2].call("GET", "/v1/echo", key=key)
-        assert status == 200 and headers["RateLimit-Limit"] == "60"
-        assert headers["RateLimit-Remaining"] == str(59 - i)
-    for sidecar in (a, b):
-        status, body, headers = await sidecar.call("GET", "/v1/echo", key=key)
-        assert (
-            status == 429 and body["error"]["code"] == "rate_limited" and body["error"]["retry_after_s"] == 1
-        )
-        assert headers["Retry-After"] == "1" and headers["RateLimit-Remaining"] == "0"
-        assert headers["RateLimit-Reset"] == "60"
-    assert (await a.call("GET", "/healthz", key=key))[0] == 200  # probes are not limited
-    # Anonymous callers are charged per address, separately from the key (the POST above was one).
-    status, _, headers = await a.call("GET", "/v1/echo")
-    assert status == 200 and headers["RateLimit-Remaining"] == "58"
-
-    clock.now += 1.0  # one request's worth refills
-    status, _, headers = await b.call("GET", "/v1/echo", key=key)
-    assert status == 200 and headers["RateLimit-Remaining"] == "0"
-    assert (await a.call("GET", "/v1/echo", key=key))[0] == 429
-
-
-async def test_guessing_keys_is_rate_limited_by_address(start: StartSidecar) -> None:
-    a = await start(clock=FakeClock())
-    for _ in range(60):
-        assert (await a.call("GET", "/v1/echo", key=generate_key()[1]))[0] == 401
-    status, body, _ = await a.call("GET", "/v1/echo", key=generate_key()[1])
-    assert status == 429 and "127.0.0.1" in body["error"]["message"]
-
-
-async def test_connection_slots_hold_across_sidecars_and_expire_with_a_crashed_one(
-    start: StartSidecar,
-) -> None:
-    clock = FakeClock()
-    a, b = await start(clock=clock), await start(clock=clock)
-    user = Principal(key_id="lls_0000000000aa", owner="o", tier="free", subject="lls_0000000000aa")  # 2 slots
-    assert await acquire_connection(a.app, user, "c1")
-    assert await acquire_connection(a.app, user, "c1")  # the same connection again: still one slot
-    assert await acquire_connection(b.app, user, "c2")
-    assert not await acquire_connection(a.app, user, "c3")
-    await release_connection(b.app, user, "c2")
-    assert await acquire_connection(a.app, user, "c3")
-    assert not await acquire_connection(b.app, user, "c4")
-
-    clock.now += SLOT_TTL_S / 2
-    await refresh_connections(a.app)  # A is alive: its slots are renewed
-    clock.now += SLOT_TTL_S * 0.9
-    assert not await acquire_connection(b.app, user, "c4")
-    clock.now += SLOT_TTL_S * 0.2  # A stopped renewing (as if it crashed): its slots expire
-    assert await acquire_connection(b.app, user, "c4")
-    assert await acquire_connection(b.app, user, "c5")
-
-
-async def test_usage_counts_requests_and_messages_per_key(start: StartSidecar, settings: Settings) -> None:
-    a, b = await start(), await start()
-    _, created, _ = await a.call("POST", "/v1/keys", json={"owner": owner(settings, "frank")})
-    key = created["key"]
-    for sidecar in (a, a, a, b, b):
-        assert (await sidecar.call("GET", "/v1/echo", key=key))[0] == 200
-    _, who, _ = await b.call("GET", "/v1/echo", key=key)
-    await usage.count_messages(
-        b.app, Principal(**{k: who[k] for k in ("key_id", "owner", "tier", "subject")}), 7
-    )
-    await usage.flush(b.app)
-
-    status, report, _ = await a.call("GET", "/v1/usage", key=key)
-    assert status == 200 and report["key_id"] == created["id"] and report["tier"] == "free"
-    assert report["limits"]["requests_per_minute"] == 60 and report["limits"]["ws_connections"] == 2
-    assert len(report["days"]) == 30 and report["days"] == sorted(report["days"], key=lambda d: d["date"])
-    assert report["totals"] == {"requests": 7, "messages": 7}  # 6 echoes and this request
-    ttl = await a.app[REDIS].ttl(usage.usage_key(settings.app_id, created["id"], report["days"][-1]["date"]))
-    assert 0 < ttl <= 40 * 86400
-
-    status, body, _ = await a.call("GET", "/v1/usage")
-    assert status == 401 and body["error"]["code"] == "key_required"
-
-
-async def test_without_redis_requests_and_connections_fail_open(start: StartSidecar) -> None:
-    def let_through() -> float:
-        return REGISTRY.get_sample_value("llamastream_limits_unavailable_total", {"check": "rate"}) or 0.0
-
-    before = let_through()
-    a = await start(redis_url="redis://127.0.0.1:1/0")  # nothing listens there
-    status, _, headers = await a.call("GET", "/v1/echo")
-    assert status == 200 and "RateLimit-Limit" not in headers
-    assert let_through() > before
-    assert await acquire_connection(a.app, Principal.anonymous("10.0.0.1"), "c1")
 
 
 async def _compare(engine: AsyncEngine) -> list[Any]:
@@ -399,10 +204,12 @@ async def test_migrations_build_the_models_schema_once_even_when_run_together(se
         update={"database_url": make_url(settings.database_url).set(database=name).render_as_string(False)}
     )
     engine = make_engine(fresh)
+    # The newest revision, whichever it is: the test outlives each new migration.
+    head = migrate.head(fresh)
     try:
-        assert await migrate.current(fresh) is None
+        assert await migrate.current(fresh) is None and head is not None
         await asyncio.gather(migrate.upgrade(fresh), migrate.upgrade(fresh))  # two sidecars starting together
-        assert await migrate.current(fresh) == migrate.head(fresh) == "0001"
+        assert await migrate.current(fresh) == head
         assert await _compare(engine) == []
         async with engine.begin() as connection:
             await connection.execute(
@@ -418,7 +225,7 @@ async def test_migrations_build_the_models_schema_once_even_when_run_together(se
             stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await process.communicate()
-        assert process.returncode == 0 and out.decode().strip() == "0001 (head)"
+        assert process.returncode == 0 and out.decode().strip() == f"{head} (head)"
     finally:
         await engine.dispose()
         async with server.connect() as connection:
@@ -430,7 +237,7 @@ async def test_migrations_run_on_sqlite_too(settings: Settings, tmp_path: Path) 
     local = settings.model_copy(update={"database_url": f"sqlite+aiosqlite:///{tmp_path / 'llama.db'}"})
     await asyncio.gather(migrate.upgrade(local), migrate.upgrade(local))
     await migrate.upgrade(local)
-    assert await migrate.current(local) == "0001"
+    assert await migrate.current(local) == migrate.head(local)
     engine = make_engine(local)
     try:
         assert await _compare(engine) == []
