@@ -50,6 +50,8 @@ test-unit: install ## Unit tests only (no services)
 
 bench: install services ## Throughput and latency benchmarks; figures in bench/results/
 	$(PY) -m bench.pipeline_bench
+	$(PY) -m bench.sidecar_bench
+	$(PY) -m bench.alerts_bench
 
 clean: ## Remove local state (var/) and the virtualenv
 	rm -rf var $(VENV)

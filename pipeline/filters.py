@@ -25,6 +25,7 @@ __all__ = [
     "FilterError",
     "Predicate",
     "compile_filter",
+    "equality_terms",
 ]
 
 MAX_LENGTH = 2000
@@ -178,6 +179,48 @@ def compile_filter(text: str | None, fields: Mapping[str, FieldType]) -> Filter:
     if not text.strip():
         return MATCH_ALL
     return _compile(text, tuple(fields.items()))
+
+
+def equality_terms(text: str | None) -> dict[str, frozenset[Any]]:
+    """Values a field must take in every row the filter matches, from its top-level ``field == literal``
+    and ``field in (...)`` terms (through parentheses and ``and``; an ``or`` counts when every branch
+    constrains the same field). For indexing: a row whose field is outside the set cannot match. The
+    filter must compile already; this reads its parse tree only."""
+    if text is None or not text.strip():
+        return {}
+    return _terms(_parse(text))
+
+
+def _terms(tree: Tree[Token]) -> dict[str, frozenset[Any]]:
+    kind = tree.data
+    children = [child for child in tree.children if isinstance(child, Tree)]
+    if kind == "group":
+        return _terms(children[0])
+    if kind == "and_expr":
+        merged: dict[str, frozenset[Any]] = {}
+        for child in children:
+            for name, values in _terms(child).items():
+                merged[name] = merged[name] & values if name in merged else values
+        return merged
+    if kind == "or_expr":
+        branches = [_terms(child) for child in children]
+        shared = set(branches[0]).intersection(*branches[1:])
+        return {name: frozenset().union(*(b[name] for b in branches)) for name in shared}
+    tokens = [child for child in tree.children if isinstance(child, Token)]
+    if kind == "compare" and tokens[1].type == "EQ":
+        return {str(tokens[0]): frozenset([_term_literal(tokens[2])])}
+    if kind == "is_in":
+        items = [c for c in children[0].children if isinstance(c, Token) and c.type != "LPAR"]
+        return {str(tokens[0]): frozenset(_term_literal(t) for t in items)}
+    return {}
+
+
+def _term_literal(tok: Token) -> Any:
+    if tok.type == "STRING":
+        return _string(tok)
+    if tok.type == "NUMBER":
+        return _number(tok)
+    return tok.type == "TRUE"
 
 
 @cache

@@ -60,6 +60,25 @@ class Settings(BaseSettings):
     query_cache_ttl_s: float = Field(60, gt=0, description="Redis lifetime of a cached aggregation")
     history_writer: bool = Field(True, description="this sidecar writes hourly/daily rollups to SQL")
 
+    # Alerts (pipeline/alerting, agents/evaluate_alerts.py, agents/deliver_notifications.py).
+    alerts_retention_hours: int = Field(24 * 30, ge=1, description="retention of alerts.* event topics")
+    webhook_allow_private: bool = Field(
+        False, description="allow webhook targets in private, loopback or link-local ranges (tests, on-prem)"
+    )
+    webhook_timeout_s: float = Field(10, gt=0, description="one webhook request's deadline")
+    webhook_max_attempts: int = Field(12, ge=1, description="attempts before a notification is given up")
+    webhook_backoff_base_s: float = Field(2, gt=0, description="first retry delay; doubles, with jitter")
+    webhook_backoff_max_s: float = Field(3600, gt=0, description="longest delay between two attempts")
+    webhook_disable_after_s: float = Field(
+        5 * 86400, gt=0, description="an endpoint failing without a success this long is disabled"
+    )
+    smtp_host: str = Field("127.0.0.1", description="SMTP server for email notifications")
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_sender: str = Field("alerts@llamastream.local", description="From: address of alert emails")
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -75,6 +75,26 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
     ]
     specs += [
         TopicSpec(
+            "alerts.rules",
+            "rule id",
+            "alert rules as the API stores them; a deleted rule is a tombstone",
+            compacted=True,
+        ),
+        TopicSpec(
+            "alerts.triggered",
+            "rule id",
+            "state transitions of alert instances (pipeline/alerting/messages.py AlertTransition)",
+            retention_hours=settings.alerts_retention_hours,
+        ),
+        TopicSpec(
+            "alerts.notifications",
+            "owner",
+            "grouped notifications for the owner's WebSocket connections (AlertNotice)",
+            retention_hours=settings.alerts_retention_hours,
+        ),
+    ]
+    specs += [
+        TopicSpec(
             f"dlq.{source}",
             "the rejected record's key",
             "rejected raw records: original bytes, reason and source offset in headers",

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from pipeline.db import make_engine
 from pipeline.settings import Settings, get_settings
 from pipeline.storage.migrate import upgrade
-from web import auth, ops, query, rest, stream
+from web import alert_notices, alert_routes, auth, ops, query, rest, stream
 from web.history_writer import history_writer_ctx
 from web.keys import ENGINE, INSTANCE_ID, REDIS, REPLICA, SETTINGS
 from web.replica import Replica
@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(_engine)
     app.cleanup_ctx.append(_replica)
     app.cleanup_ctx.append(history_writer_ctx)
-    for module in (ops, auth, rest, query, stream):
+    for module in (ops, auth, rest, query, stream, alert_routes, alert_notices):
         module.setup(app)
     return app
 

@@ -1,0 +1,1 @@
+"""Alert rules, their evaluation and their notifications; pure logic shared by agents and the sidecar."""

@@ -1,0 +1,161 @@
+"""The notifier's runtime in a worker: the SQL engine, the loops that flush due groups and deliver due
+notifications, and the events that wake them the moment work arrives (polling is only the fallback, for
+work another worker wrote)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+
+from prometheus_client import Counter
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pipeline.alerting.attempt import Sender
+from pipeline.alerting.delivery import BATCH, Deliverer, Publish, WebSocketSender
+from pipeline.alerting.due_notifications import release_held
+from pipeline.alerting.email_sender import EmailSender
+from pipeline.alerting.messages import AlertTransition
+from pipeline.alerting.outbox import GROUPS_PER_FLUSH, flush_due_groups, record_transition
+from pipeline.alerting.webhook_sender import WebhookSender
+from pipeline.db import make_engine
+from pipeline.settings import Settings
+from pipeline.storage.migrate import upgrade
+from pipeline.topics import topic_name
+
+__all__ = ["Notifier", "TRANSITIONS"]
+
+log = logging.getLogger(__name__)
+
+TRANSITIONS = Counter(
+    "llamastream_alert_transitions_total", "alerts.triggered records by outcome", ["outcome"]
+)
+POLL_S = 0.5  # longest sleep of either loop: how soon work written by another worker is seen
+RELEASE_EVERY_S = 5.0  # how often held notifications of re-enabled endpoints are looked for
+RETRY_DEADLOCK = 3  # tries of a transition whose transaction fails for a reason other than connectivity
+# The database is unreachable or restarting: wait and try again, never drop the work.
+TRANSIENT = (OperationalError, InterfaceError, OSError, TimeoutError)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Notifier:
+    def __init__(self, settings: Settings, publish: Publish) -> None:
+        self.settings = settings
+        self.publish = publish
+        self.groups_due = asyncio.Event()
+        self.deliveries_due = asyncio.Event()
+        self._engine: AsyncEngine | None = None
+        self._deliverer: Deliverer | None = None
+        self._starting = asyncio.Lock()
+
+    async def ready(self) -> AsyncEngine:
+        """The engine, once migrations ran (the agent may see a transition before the loops start)."""
+        async with self._starting:
+            if self._engine is None:
+                await upgrade(self.settings)
+                engine = make_engine(self.settings)
+                senders: dict[str, Sender] = {
+                    "webhook": WebhookSender(self.settings),
+                    "email": EmailSender(self.settings),
+                    "websocket": WebSocketSender(
+                        self.publish, topic_name(self.settings, "alerts.notifications")
+                    ),
+                }
+                self._deliverer = Deliverer(self.settings, engine, senders)
+                self._engine = engine
+            return self._engine
+
+    async def close(self) -> None:
+        if self._deliverer is not None:
+            await self._deliverer.close()
+        if self._engine is not None:
+            await self._engine.dispose()
+        self._engine = self._deliverer = None
+
+    async def record(self, transition: AlertTransition) -> None:
+        """Fold one transition into the outbox; waits out database outages (the record stays unacked)."""
+        failures = 0
+        while True:
+            try:
+                engine = await self.ready()
+                recorded = await record_transition(engine, self.settings.app_id, transition, _now())
+            except TRANSIENT as err:
+                log.warning("alert transition %s waits for the database: %s", transition["source"], err)
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                failures += 1
+                continue
+            except (DBAPIError, SQLAlchemyError):
+                failures += 1
+                if failures < RETRY_DEADLOCK:
+                    await asyncio.sleep(0.2)
+                    continue
+                log.exception("alert transition %s could not be stored; skipped", transition["source"])
+                TRANSITIONS.labels("failed").inc()
+                return
+            if recorded.duplicate:
+                log.info("alert transition %s was stored before (redelivered); skipped", transition["source"])
+                TRANSITIONS.labels("duplicate").inc()
+            else:
+                TRANSITIONS.labels("scheduled" if recorded.due is not None else "recorded").inc()
+            if recorded.notifications:
+                self.deliveries_due.set()  # flushed at once (group_wait 0): straight to delivery
+            elif recorded.due is not None:
+                self.groups_due.set()
+            return
+
+    async def run_dispatcher(self) -> None:
+        """Flush due groups into the outbox, forever."""
+        last_release = 0.0
+        while True:
+            self.groups_due.clear()
+            wait = POLL_S
+            try:
+                engine = await self.ready()
+                result = await flush_due_groups(engine, self.settings.app_id, _now())
+                if result.notifications:
+                    self.deliveries_due.set()
+                if result.groups >= GROUPS_PER_FLUSH:
+                    continue
+                if time.monotonic() - last_release >= RELEASE_EVERY_S:
+                    last_release = time.monotonic()
+                    if await release_held(engine, self.settings.app_id, _now()):
+                        self.deliveries_due.set()
+                if result.next_flush_at is not None:
+                    wait = min(POLL_S, max(0.0, (result.next_flush_at - _now()).total_seconds()))
+            except Exception:  # the database went away, or a bug: either way the loop must go on
+                log.exception("flushing alert groups failed; retrying")
+                wait = 2.0
+            await _wait(self.groups_due, wait)
+
+    async def run_delivery(self) -> None:
+        """Send due notifications, forever."""
+        while True:
+            self.deliveries_due.clear()
+            wait = POLL_S
+            try:
+                await self.ready()
+                assert self._deliverer is not None
+                if await self._deliverer.run_once() >= BATCH:
+                    continue
+                attempt_at = self._deliverer.next_attempt_at
+                if attempt_at is not None:
+                    wait = min(POLL_S, max(0.0, (attempt_at - _now()).total_seconds()))
+            except Exception:  # the database went away, or a bug: either way the loop must go on
+                log.exception("delivering notifications failed; retrying")
+                wait = 2.0
+            await _wait(self.deliveries_due, wait)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    if seconds <= 0 or event.is_set():
+        await asyncio.sleep(0)
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
