@@ -170,13 +170,17 @@ async def bench(args: argparse.Namespace, tag: str) -> dict[str, Any]:
     finally:
         fleet.stop()
         procs.stop_all()
-        try:
-            topics = await delete_topics(args.bootstrap, f"bench{tag}-sc")
-            redis_keys = await fixture.delete_redis_keys(settings, settings.app_id + ":")
-            await fixture.revoke_keys(settings, key_ids)
-            log(f"clean-up: {len(topics)} topics, {redis_keys} Redis keys deleted; {len(key_ids)} revoked")
-        except Exception as error:
-            log(f"clean-up: {error!r}")
+        # Each step on its own: a broker that hangs up must not leave the keys valid.
+        for step, call in (
+            ("revoke the keys", lambda: fixture.revoke_keys(settings, key_ids)),
+            ("delete the topics", lambda: delete_topics(args.bootstrap, f"bench{tag}-sc")),
+            ("delete the Redis keys", lambda: fixture.delete_redis_keys(settings, settings.app_id + ":")),
+        ):
+            try:
+                await call()
+            except Exception as error:
+                log(f"clean-up: could not {step}: {error!r}")
+        log(f"clean-up done ({len(key_ids)} keys revoked)")
         if args.keep_work:
             log(f"logs kept in {workdir}")
         else:
