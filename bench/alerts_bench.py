@@ -208,7 +208,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--drop-every",
         type=int,
-        default=200,
+        default=2000,
         help="1 in N protocol rows drops below 1 (alerts fire, then resolve)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS)

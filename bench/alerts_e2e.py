@@ -255,7 +255,7 @@ async def _latency(
     await producer.stop()
     await consumer.stop()
     achieved = total / produce_s
-    kept_up = at_end >= 0.95 * total
+    kept_up = total - at_end <= 2 * rate  # at most two seconds of input still queued when sending stopped
     ordered = sorted(latencies)
 
     def at(p: float) -> float | None:
@@ -345,13 +345,28 @@ async def end_to_end(universe: Universe, rules: list[Rule], args: Any, log: Log)
         )
         result["raw_to_triggered"]["settle_s_after"] = await _settle(worker, log)
         sustained = result["raw_to_triggered"]["evaluator_rows_per_s"]
-        rate = args.rate if sustained >= args.rate else max(100, round(0.5 * sustained, -1))
         seconds = 20 if args.quick else args.seconds
-        result["latency"] = await _latency(settings, worker, clock, rate, seconds, log)
-        if rate != args.rate:
+        # The target rate first; past what the worker sustains, a sweep down from half the sustained rate
+        # (with backlog, batches are large: a steady trickle costs more per event) until it keeps up.
+        rates = (
+            [args.rate] if sustained >= args.rate else [round(sustained * f, -1) for f in (0.5, 0.25, 0.125)]
+        )
+        runs = []
+        for rate in rates:
+            run = await _latency(settings, worker, clock, max(rate, 10), seconds, log)
+            run["settle_s_after"] = await _settle(worker, log)
+            runs.append(run)
+            if run["kept_up"]:
+                break
+        result["latency_runs"] = runs
+        kept = [r for r in runs if r["kept_up"]]
+        result["latency"] = dict(kept[0] if kept else runs[-1])
+        if sustained < args.rate:
             result["latency"]["note"] = (
-                f"run at {rate:.0f}/s, half the {sustained}/s the whole path sustained:"
-                f" {args.rate:.0f}/s is beyond one worker on this machine"
+                f"{args.rate:.0f}/s is beyond one worker here (the whole path sustained {sustained}/s with a"
+                f" backlog); this is the highest rate of the sweep that kept up"
+                if kept
+                else f"no rate of the sweep kept up; {args.rate:.0f}/s is beyond one worker here"
             )
     finally:
         worker.stop()
