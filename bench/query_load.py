@@ -99,7 +99,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     body_bytes = 0
     timeout = aiohttp.ClientTimeout(total=args.timeout)
     connector = aiohttp.TCPConnector(limit=args.connections, force_close=False)
-    async with aiohttp.ClientSession(args.url, connector=connector, timeout=timeout) as http:
+    encodings: dict[str, int] = {}
+    # Bodies are read as sent (a gzip one is not inflated): the client's decompression is not the server's
+    # latency, and inflating 500 copies a second of /protocols would take this loader a core.
+    async with aiohttp.ClientSession(
+        args.url, connector=connector, timeout=timeout, auto_decompress=False
+    ) as http:
 
         async def one(i: int, due: float) -> None:
             nonlocal body_bytes
@@ -110,6 +115,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 async with http.request(method, path, json=body, params=params, headers=headers) as response:
                     data = await response.read()
+                    encoding = response.headers.get("Content-Encoding", "identity")
+                    encodings[encoding] = encodings.get(encoding, 0) + 1
                 status = str(response.status)
                 body_bytes += len(data)
             except (aiohttp.ClientError, TimeoutError) as error:
@@ -126,6 +133,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for values in (latency, service, lateness, hits, misses):
             values.clear()
         statuses.clear()
+        encodings.clear()
         body_bytes = 0
         cpu_started = resource.getrusage(resource.RUSAGE_SELF)
         tasks = []
@@ -157,6 +165,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "max": round(max(lateness), 2) if lateness else None,
         },
         "mean_body_bytes": round(body_bytes / ok) if ok else None,
+        "content_encodings": encodings,
         "loader_cpu_cores": round(
             (cpu.ru_utime + cpu.ru_stime - cpu_started.ru_utime - cpu_started.ru_stime) / elapsed, 2
         ),

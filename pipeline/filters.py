@@ -26,6 +26,7 @@ __all__ = [
     "Predicate",
     "compile_filter",
     "equality_terms",
+    "equality_only",
 ]
 
 MAX_LENGTH = 2000
@@ -189,6 +190,31 @@ def equality_terms(text: str | None) -> dict[str, frozenset[Any]]:
     if text is None or not text.strip():
         return {}
     return _terms(_parse(text))
+
+
+def equality_only(text: str | None) -> bool:
+    """Whether the filter says nothing but its ``equality_terms``: ``==`` and ``in`` joined by ``and`` (an
+    ``or`` only between terms on one same field). A row of the right field types then matches exactly when
+    each field holds one of its term's values. False for an empty filter. The filter must compile already."""
+    if text is None or not text.strip():
+        return False
+    return _only_terms(_parse(text))
+
+
+def _only_terms(tree: Tree[Token]) -> bool:
+    kind = tree.data
+    children = [child for child in tree.children if isinstance(child, Tree)]
+    if kind == "group":
+        return _only_terms(children[0])
+    if kind == "and_expr":
+        return all(_only_terms(child) for child in children)
+    if kind == "or_expr":
+        if not all(_only_terms(child) for child in children):
+            return False
+        named = [set(_terms(child)) for child in children]
+        return len(named[0]) == 1 and all(n == named[0] for n in named)
+    tokens = [child for child in tree.children if isinstance(child, Token)]
+    return (kind == "compare" and tokens[1].type == "EQ") or kind == "is_in"
 
 
 def _terms(tree: Tree[Token]) -> dict[str, frozenset[Any]]:

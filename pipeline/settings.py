@@ -61,7 +61,15 @@ class Settings(BaseSettings):
     history_writer: bool = Field(True, description="this sidecar writes hourly/daily rollups to SQL")
 
     # Alerts (pipeline/alerting, agents/evaluate_alerts.py, agents/deliver_notifications.py).
-    alerts_retention_hours: int = Field(24 * 30, ge=1, description="retention of alerts.* event topics")
+    alerts_retention_hours: int = Field(
+        24 * 30,
+        ge=1,
+        description="retention of the alerts.* event topics and of alert history, finished notifications"
+        " and their delivery log in SQL (pipeline/alerting/retention.py)",
+    )
+    alerts_retention_interval_s: float = Field(
+        600, gt=0, description="how often each worker deletes alert rows older than the retention"
+    )
     webhook_allow_private: bool = Field(
         False, description="allow webhook targets in private, loopback or link-local ranges (tests, on-prem)"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,6 +26,7 @@ __all__ = [
     "bucket_start",
     "iso",
     "order",
+    "leading",
     "comes_after",
 ]
 
@@ -142,50 +144,91 @@ def aggregate(
 ) -> list[Group]:
     """One group per distinct group_by key (one group in all when group_by is empty); nulls ignored."""
     fields = sorted({a.field for a in aggregations if a.field is not None})
-    groups: dict[tuple[Any, ...], tuple[list[int], dict[str, list[Any]]]] = {}
-    for row in rows:
-        key = tuple(_hashable(row.get(f)) for f in group_by)
-        entry = groups.get(key)
-        if entry is None:
-            entry = groups[key] = ([0], {f: [] for f in fields})
-        entry[0][0] += 1
-        for f in fields:
-            value = row.get(f)
-            if value is not None:
-                entry[1][f].append(value)
+    groups = _group(rows, group_by)
     if not group_by and not groups:
-        groups[()] = ([0], {f: [] for f in fields})  # as SQL: an aggregate of no rows is one row
+        groups[()] = []  # as SQL: an aggregate of no rows is one row
     result = []
-    for key, (count, collected) in groups.items():
-        ordered: dict[str, list[int | float]] = {}
+    for key, members in groups.items():
+        # One pass per field over the group's rows, rather than one per row over the fields.
+        collected = {f: [v for row in members if (v := row.get(f)) is not None] for f in fields}
+        numbers: dict[str, list[int | float]] = {}
         values: dict[str, Value] = {}
         for a in aggregations:
             if a.field is None:
-                values[a.name] = count[0]
+                values[a.name] = len(members)
             elif a.function == "count":
                 values[a.name] = len(collected[a.field])
             else:
-                if a.field not in ordered:
-                    numbers = (_number(v) for v in collected[a.field])
-                    ordered[a.field] = sorted(n for n in numbers if n is not None)
-                values[a.name] = _evaluate(a, ordered[a.field])
-        result.append(Group(dict(zip(group_by, key, strict=True)), values, count[0]))
+                if a.field not in numbers:
+                    numbers[a.field] = _numbers(collected[a.field])
+                values[a.name] = _evaluate(a, numbers[a.field])
+        result.append(Group(dict(zip(group_by, key, strict=True)), values, len(members)))
     return result
 
 
-def _evaluate(a: Aggregation, ordered: list[int | float]) -> Value:
-    if not ordered:
+def _group(rows: Iterable[Mapping[str, Any]], group_by: Sequence[str]) -> dict[tuple[Any, ...], list[Any]]:
+    rows = rows if isinstance(rows, list) else list(rows)
+    if not group_by:
+        return {(): rows} if rows else {}
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    try:
+        if len(group_by) == 1:
+            (name,) = group_by
+            single: dict[Any, list[Any]] = {}
+            for row in rows:
+                value = row.get(name)
+                if (members := single.get(value)) is None:
+                    single[value] = [row]
+                else:
+                    members.append(row)
+            groups = {(value,): members for value, members in single.items()}
+        else:
+            for row in rows:
+                key = tuple([row.get(f) for f in group_by])
+                if (members := groups.get(key)) is None:
+                    groups[key] = [row]
+                else:
+                    members.append(row)
+        if all(_plain(value) for key in groups for value in key):
+            return groups
+    except TypeError:  # an unhashable value (a list, say)
+        pass
+    # Values other than null, strings, numbers and booleans are grouped by their repr.
+    groups = {}
+    for row in rows:
+        groups.setdefault(tuple(_hashable(row.get(f)) for f in group_by), []).append(row)
+    return groups
+
+
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _numbers(values: list[Any]) -> list[int | float]:
+    """The values that count as numbers: ints and finite floats, never bools (see ``_number``)."""
+    numbers = [v for v in values if type(v) is float or type(v) is int]
+    try:
+        finite = all(map(math.isfinite, numbers))
+    except OverflowError:  # an int beyond a float's range: finite, but the slow way tells
+        finite = False
+    if len(numbers) == len(values) and finite:
+        return numbers
+    return [n for v in values if (n := _number(v)) is not None]
+
+
+def _evaluate(a: Aggregation, numbers: list[int | float]) -> Value:
+    if not numbers:
         return None  # as SQL: no values is null, never 0
     if a.function == "sum":
-        return sum(ordered) if all(isinstance(n, int) for n in ordered) else math.fsum(ordered)
+        return sum(numbers) if all(type(n) is int for n in numbers) else math.fsum(numbers)
     if a.function == "avg":
-        return math.fsum(ordered) / len(ordered)
+        return math.fsum(numbers) / len(numbers)
     if a.function == "min":
-        return ordered[0]
+        return min(numbers)
     if a.function == "max":
-        return ordered[-1]
+        return max(reversed(numbers))  # of equal ones (1 and 1.0), the last, as a stable sort would give
     assert a.q is not None
-    return percentile(ordered, a.q)
+    return percentile(sorted(numbers), a.q)
 
 
 def iso(moment: datetime) -> str:
@@ -231,6 +274,21 @@ def order(items: list[Any], keys: Sequence[SortKey], get: Callable[[Any, str], A
 
         items.sort(key=sort_key, reverse=key.descending)
     return items
+
+
+def leading(items: list[Any], key: SortKey, limit: int, get: Callable[[Any, str], Any]) -> list[Any]:
+    """The items that can be among the first ``limit`` in an order whose first key is ``key``: the first
+    ``limit`` by that key and every item tied with the last of them (later keys may still reorder those).
+    In their original order, so sorting them is as stable as sorting all of them."""
+    if len(items) <= limit * 2:
+        return items
+    convert = _descending if key.descending else _ascending
+    ranks = [convert(get(item, key.field)) for item in items]
+    if key.descending:
+        bound = heapq.nlargest(limit, ranks)[-1]
+        return [item for item, rank in zip(items, ranks, strict=True) if rank >= bound]
+    bound = heapq.nsmallest(limit, ranks)[-1]
+    return [item for item, rank in zip(items, ranks, strict=True) if rank <= bound]
 
 
 def comes_after(values: Sequence[Any], after: Sequence[Any], keys: Sequence[SortKey]) -> bool:

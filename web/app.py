@@ -7,7 +7,7 @@ import socket
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from pipeline.db import make_engine
 from pipeline.settings import Settings, get_settings
@@ -17,7 +17,14 @@ from web.history_writer import history_writer_ctx
 from web.keys import ENGINE, INSTANCE_ID, REDIS, REPLICA, SETTINGS
 from web.replica import Replica
 
-__all__ = ["create_app"]
+__all__ = ["REDIS_MAX_CONNECTIONS", "REDIS_POOL_TIMEOUT_S", "create_app", "redis_client"]
+
+# Connections to Redis per sidecar. Every request takes one for about a round trip, so this many are plenty;
+# a burst beyond it waits for a free one (BlockingConnectionPool) instead of failing, as redis-py's default
+# pool does (MaxConnectionsError), which made the rate limits fail open and leaked connection slots.
+REDIS_MAX_CONNECTIONS = 64
+# The longest a command waits for a free connection; callers bound their own waits more tightly.
+REDIS_POOL_TIMEOUT_S = 5.0
 
 
 def create_app(settings: Settings | None = None) -> web.Application:
@@ -34,8 +41,14 @@ def create_app(settings: Settings | None = None) -> web.Application:
     return app
 
 
+def redis_client(url: str, max_connections: int = REDIS_MAX_CONNECTIONS) -> Redis:
+    """The sidecar's Redis client: a bounded pool whose callers wait their turn when it is exhausted."""
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=REDIS_POOL_TIMEOUT_S)
+    return Redis.from_pool(pool)  # closing the client closes the pool
+
+
 async def _redis(app: web.Application) -> AsyncIterator[None]:
-    app[REDIS] = Redis.from_url(app[SETTINGS].redis_url)
+    app[REDIS] = redis_client(app[SETTINGS].redis_url)
     yield
     await app[REDIS].aclose()
 

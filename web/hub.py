@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from pipeline.filters import Filter
+from pipeline.scope_index import INDEXED_FIELDS, ScopeIndex
 from web.connection import Connection, Subscription
 from web.position import encode_position
 from web.replica import Replica
@@ -21,21 +22,7 @@ SNAPSHOT_CHUNK = 500
 
 def update_message(sub: Subscription, key_json: bytes, row_json: bytes, pos: str) -> bytes:
     """The ``update`` message, assembled from parts serialised once per update, not once per client."""
-    return b"".join(
-        (
-            b'{"type":"update","sub":"',
-            sub.id.encode(),
-            b'","channel":"',
-            sub.channel.encode(),
-            b'","key":',
-            key_json,
-            b',"pos":"',
-            pos.encode(),
-            b'","data":',
-            row_json,
-            b"}",
-        )
-    )
+    return b"".join((sub.update_prefix, key_json, b',"pos":"', pos.encode(), b'","data":', row_json, b"}"))
 
 
 def snapshot_messages(sub: Subscription, items: list[tuple[str, dict[str, Any]]], pos: str) -> list[bytes]:
@@ -60,53 +47,60 @@ def snapshot_messages(sub: Subscription, items: list[tuple[str, dict[str, Any]]]
 class _FilterGroup:
     """Subscriptions sharing one filter text: the predicate runs once per update for all of them."""
 
+    filter: Filter
     subs: set[Subscription] = field(default_factory=set)
 
 
 class Hub:
-    """Local connections and their subscriptions, fed synchronously by the replica's listener."""
+    """Local connections and their subscriptions, fed synchronously by the replica's listener.
+
+    Filter groups are indexed by the identity fields their filter pins (``protocol == "Aave V3"``), as
+    alert rules are: an update runs the predicates of the groups that can match it, not of every group.
+    """
 
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
         self.connections: dict[str, Connection] = {}
-        # (channel, delayed) -> filter text -> group
-        self._groups: dict[tuple[str, bool], dict[str, _FilterGroup]] = defaultdict(dict)
+        # (channel, delayed) -> filter groups by filter text, indexed
+        self._groups: dict[tuple[str, bool], ScopeIndex[_FilterGroup]] = {}
         self.throttled: set[Subscription] = set()
         replica.listeners.append(self.on_update)
 
     def add(self, sub: Subscription) -> None:
-        groups = self._groups[(sub.channel, sub.delayed)]
-        groups.setdefault(sub.filter.text, _FilterGroup()).subs.add(sub)
+        index = self._groups.get((sub.channel, sub.delayed))
+        if index is None:
+            index = self._groups[(sub.channel, sub.delayed)] = ScopeIndex(INDEXED_FIELDS.get(sub.channel, ()))
+        group = index.get(sub.filter.text)
+        if group is None:
+            group = _FilterGroup(sub.filter)
+            index.add(sub.filter.text, sub.filter.text or None, group)
+        group.subs.add(sub)
         if sub.throttle_ms:
             self.throttled.add(sub)
 
     def remove(self, sub: Subscription) -> None:
         self.throttled.discard(sub)
-        groups = self._groups.get((sub.channel, sub.delayed), {})
-        group = groups.get(sub.filter.text)
-        if group is not None:
+        index = self._groups.get((sub.channel, sub.delayed))
+        group = index.get(sub.filter.text) if index is not None else None
+        if index is not None and group is not None:
             group.subs.discard(sub)
             if not group.subs:
-                del groups[sub.filter.text]
+                index.remove(sub.filter.text)
 
     def on_update(self, update: Update, delayed: bool) -> None:
-        groups = self._groups.get((update.channel, delayed))
+        index = self._groups.get((update.channel, delayed))
         row = update.row
-        if not groups or row is None:
+        if index is None or row is None:
             return
         key_json = row_json = b""
         pos = ""
-        for group in groups.values():
-            members = group.subs
-            if not members:
-                continue
-            first = next(iter(members))
-            if not first.filter(row):
+        for group in index.candidates(row):
+            if not group.filter(row):
                 continue
             if not pos:
                 pos = encode_position(self.replica.view(update.channel, delayed).position)
                 key_json, row_json = orjson.dumps(update.key), orjson.dumps(row)
-            for sub in members:
+            for sub in group.subs:
                 deliver(sub, update, key_json, row_json, pos)
 
     def flush_throttled(self) -> None:

@@ -162,7 +162,9 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     ready: bool
-    checks: dict[str, dict[str, Any]] = Field(description="kafka, replica, redis, database: {ok, ...reason}")
+    checks: dict[str, dict[str, Any]] = Field(
+        description="kafka, replica, redis, database, rules (alert rules reconciled): {ok, ...reason}"
+    )
 
 
 class UsageDay(BaseModel):
@@ -205,7 +207,7 @@ def fallback_operations() -> tuple[Operation, ...]:
     return (
         Operation("GET", "/healthz", "Liveness: the process serves requests", "ops", response=Health,
                   auth="none"),
-        Operation("GET", "/readyz", "Readiness: Kafka replica caught up, Redis and SQL reachable", "ops",
+        Operation("GET", "/readyz", "Readiness: replica caught up, rules reconciled, Redis and SQL up", "ops",
                   response=Readiness, responses={503: ("Not ready; the failing checks say why", Readiness)},
                   auth="none"),
         Operation("GET", "/metrics", "Prometheus metrics", "ops", auth="none",

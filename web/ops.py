@@ -15,8 +15,9 @@ from pipeline.db import ping as ping_database
 from web import metrics
 from web.errors import ApiError
 from web.keys import ENGINE, REDIS, REPLICA
+from web.rule_publisher import RULE_PUBLISHER, RulePublisher
 
-__all__ = ["setup", "error_middleware", "readiness"]
+__all__ = ["setup", "error_middleware", "readiness", "rules_check"]
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readiness(app: web.Application) -> dict[str, Any]:
-    """Kafka (the replica reads and has caught up), Redis and the SQL store, each with a reason."""
+    """Kafka (the replica reads and has caught up), the startup reconciliation of ``alerts.rules``, Redis
+    and the SQL store, each with a reason."""
     replica = app[REPLICA]
     checks: dict[str, Any] = {
         "kafka": {"ok": replica.running, "lag": replica.lag()},
         "replica": {"ok": replica.caught_up, "rows": {c: len(s) for c, s in replica.live.items()}},
     }
+    if RULE_PUBLISHER in app:
+        checks["rules"] = rules_check(app[RULE_PUBLISHER])
     try:
         await asyncio.wait_for(app[REDIS].ping(), CHECK_TIMEOUT_S)
         checks["redis"] = {"ok": True}
@@ -92,6 +96,19 @@ async def readiness(app: web.Application) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001
         checks["database"] = {"ok": False, "error": str(exc) or type(exc).__name__}
     return checks
+
+
+def rules_check(publisher: RulePublisher) -> dict[str, Any]:
+    """Ready once this sidecar's startup reconciliation made ``alerts.rules`` equal to PostgreSQL: like the
+    replica's catch-up, a startup duty done once. Repairs after a failed publish are reported, not gated on:
+    they wait for Kafka, which the kafka check covers, and gating on them would flap the instance."""
+    check: dict[str, Any] = {
+        "ok": publisher.reconciled.is_set(),
+        "pending_repairs": len(publisher.pending_repairs),
+    }
+    if not check["ok"]:
+        check["error"] = publisher.reconcile_error or "alerts.rules is being reconciled with PostgreSQL"
+    return check
 
 
 async def readyz(request: web.Request) -> web.Response:

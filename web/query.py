@@ -15,7 +15,17 @@ from pipeline.channels import CHANNELS
 from pipeline.filters import Filter, FilterError, compile_filter
 from pipeline.storage.history import read_history
 from web import openapi
-from web.aggregate import Aggregation, Group, SortKey, aggregate, bucket_start, comes_after, iso, order
+from web.aggregate import (
+    Aggregation,
+    Group,
+    SortKey,
+    aggregate,
+    bucket_start,
+    comes_after,
+    iso,
+    leading,
+    order,
+)
 from web.aggregate import parse_aggregation as _parse_aggregation
 from web.errors import ApiError
 from web.keys import ENGINE, PRINCIPAL, REDIS, REPLICA, SETTINGS
@@ -119,29 +129,32 @@ async def run_query(app: web.Application, query: QueryRequest, *, delayed: bool)
     ttl_s = settings.query_cache_ttl_s
     if query.history is None:
         view = app[REPLICA].view(query.channel, delayed)
+
+        async def live() -> dict[str, Any]:
+            # No await between selecting the rows and the result: the rows cannot change under the scan.
+            return _evaluate(query, view.matching_rows(predicate), None, _position(view.position))
+
         if not query.aggregating:
             # Rows are not cached: pages must follow the replica, and a page costs about what a hit does.
-            return _evaluate(query, view.current(), predicate, _position(view.position))
+            return await live()
         epoch = state.epochs.epoch(query.channel, delayed, view)
         digest = query_digest({"query": query.model_dump(mode="json", by_alias=True), "epoch": epoch.token})
         key = state.cache.key("live", query.channel, view_tag, epoch.number, digest)
-        if (hit := await state.cache.get(key)) is not None:
-            return hit | {"cached": True}
-        # No await between reading the view and the result: the rows cannot change under the scan.
-        result = _evaluate(query, view.current(), predicate, _position(view.position))
+        compute = live
     else:
         start, end = _window(query.history, delayed, settings.free_tier_delay_s)
         shape = {"query": query.model_dump(mode="json", by_alias=True), "from": iso(start), "to": iso(end)}
         key = state.cache.key("history", query.channel, view_tag, query_digest(shape))
-        if (hit := await state.cache.get(key)) is not None:
-            return hit | {"cached": True}
-        rows = await _history_rows(app, query, start, end)
-        result = _evaluate(query, rows, predicate, None)
+
+        async def compute() -> dict[str, Any]:
+            rows = await _history_rows(app, query, start, end)
+            return _evaluate(query, rows, predicate, None)
+
         if end > datetime.now(UTC) - timedelta(seconds=_RESOLUTION_S[query.history.resolution]):
             # The window holds the bucket still being written: cache it only briefly.
             ttl_s = min(ttl_s, OPEN_BUCKET_TTL_S)
-    await state.cache.put(key, result, ttl_s)
-    return result
+    result, cached = await state.cache.get_or_compute(key, compute, ttl_s)
+    return result | {"cached": True} if cached else result
 
 
 def _position(position: dict[int, int]) -> dict[str, int]:
@@ -194,15 +207,31 @@ async def _history_rows(
 
 
 def _evaluate(
-    query: QueryRequest, rows: Iterable[dict[str, Any]], predicate: Filter, position: dict[str, int] | None
-) -> dict[str, Any]:
-    matched = [row for row in rows if predicate(row)]
-    newest = max((t for row in matched if isinstance(t := row.get("as_of"), str)), default=None)
+    query: QueryRequest, rows: Iterable[dict[str, Any]], predicate: Filter | None,
+    position: dict[str, int] | None,
+) -> dict[str, Any]:  # fmt: skip
+    if predicate is None:  # every row given matches
+        matched = rows if isinstance(rows, list) else list(rows)
+    else:
+        test = predicate.predicate  # without Filter.__call__'s hop: this runs once per row
+        matched = [row for row in rows if test(row)]
     head = {"channel": query.channel}
-    tail = {"count": len(matched), "as_of": newest, "position": position, "cached": False}
+    tail = {"count": len(matched), "as_of": _newest(matched), "position": position, "cached": False}
     if query.aggregating:
         return head | _groups(query, matched) | tail
     return head | _page(query, matched) | tail
+
+
+def _newest(rows: list[dict[str, Any]]) -> str | None:
+    """The latest ``as_of`` (ISO strings: their order is time order) among those that are strings."""
+    stamps = [row.get("as_of") for row in rows]
+    try:
+        newest = max(stamps, default=None)  # type: ignore[type-var]
+    except TypeError:  # a null or a value of another type among them: the slow way
+        newest = None
+    if newest is None or type(newest) is not str:
+        return max((t for t in stamps if isinstance(t, str)), default=None)
+    return newest
 
 
 def _group_value(group: Group, name: str) -> Any:
@@ -233,9 +262,11 @@ def _page(query: QueryRequest, matched: list[dict[str, Any]]) -> dict[str, Any]:
     candidates = matched
     if after is not None:
         candidates = [r for r in matched if comes_after([r.get(k.field) for k in keys], after, keys)]
-    order(candidates, keys, dict.get)
-    page = candidates[: query.limit]
     more = len(candidates) > query.limit
+    # Only what can make the page is sorted fully: the rows up to the limit-th by the first key, and ties.
+    if keys:  # (every channel has identity fields, so there always are)
+        candidates = order(leading(candidates, keys[0], query.limit, dict.get), keys, dict.get)
+    page = candidates[: query.limit]
     cursor = encode_cursor(query, [page[-1].get(k.field) for k in keys]) if more else None
     if query.fields is not None:
         page = [{f: row.get(f) for f in query.fields} for row in page]

@@ -6,7 +6,8 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ __all__ = [
     "CACHE_EPOCH_S",
     "CACHE_MAX_BYTES",
     "CACHE_TIMEOUT_S",
+    "LOCAL_ENTRIES",
+    "LOCAL_TTL_S",
     "Epoch",
     "EpochTracker",
     "QueryCache",
@@ -34,6 +37,10 @@ CACHE_EPOCH_S = 1.0
 CACHE_MAX_BYTES = 1024 * 1024
 # A Redis that hangs (rather than refusing) must not hold queries up longer than computing would.
 CACHE_TIMEOUT_S = 0.5
+# Results are also kept in the process for a few seconds (at most this many), so a hot aggregation costs
+# no Redis round trip nor JSON parsing per request; live keys name their epoch, so they never go stale.
+LOCAL_TTL_S = 5.0
+LOCAL_ENTRIES = 512
 
 
 @dataclass(frozen=True)
@@ -82,14 +89,64 @@ def query_digest(canonical: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
+Compute = Callable[[], Awaitable[dict[str, Any]]]
+
+
 class QueryCache:
-    """Get/put JSON results under ``{app_id}:qc:...``; Redis trouble means computing without the cache."""
+    """Get/put JSON results under ``{app_id}:qc:...``; Redis trouble means computing without the cache.
+
+    ``get_or_compute`` is the way in: a process-local layer first, then Redis, then one computation per
+    key at a time in this process (concurrent identical misses await the same one: single-flight).
+    """
 
     def __init__(self, redis: Callable[[], Redis | None], app_id: str) -> None:
         # A getter: the app's client is created at startup, after routes (and this cache) are set up.
         self._redis = redis
         self.prefix = f"{app_id}:qc:"
         self._failing = False
+        self._local: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._flights: dict[str, asyncio.Task[tuple[dict[str, Any], bool]]] = {}
+        self.computed = 0  # computations run (misses), for tests and the bench
+
+    async def get_or_compute(self, key: str, compute: Compute, ttl_s: float) -> tuple[dict[str, Any], bool]:
+        """(result, whether it came from a cache or another request's computation)."""
+        entry = self._local.get(key)
+        if entry is not None:
+            if entry[0] > time.monotonic():
+                return entry[1], True
+            del self._local[key]
+        task = self._flights.get(key)
+        leader = task is None
+        if task is None:
+            task = self._flights[key] = asyncio.create_task(self._fill(key, compute, ttl_s))
+            task.add_done_callback(lambda done: self._landed(key, done))
+        # Shielded: one caller going away must not cancel the computation the others wait for.
+        value, cached = await asyncio.shield(task)
+        return value, cached or not leader
+
+    async def _fill(self, key: str, compute: Compute, ttl_s: float) -> tuple[dict[str, Any], bool]:
+        hit = await self.get(key)
+        if hit is not None:
+            self._remember(key, hit, ttl_s)
+            return hit, True
+        self.computed += 1
+        value = await compute()
+        # Locally first: requests arriving while Redis is written are answered from here.
+        self._remember(key, value, ttl_s)
+        await self.put(key, value, ttl_s)
+        return value, False
+
+    def _landed(self, key: str, task: asyncio.Task[tuple[dict[str, Any], bool]]) -> None:
+        if self._flights.get(key) is task:
+            del self._flights[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have gone, and the error is theirs, not a leak
+
+    def _remember(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        self._local[key] = (time.monotonic() + min(ttl_s, LOCAL_TTL_S), value)
+        self._local.move_to_end(key)
+        while len(self._local) > LOCAL_ENTRIES:
+            self._local.popitem(last=False)
 
     @property
     def redis(self) -> Redis | None:

@@ -30,6 +30,7 @@ __all__ = [
     "acquire_connection",
     "release_connection",
     "refresh_connections",
+    "release_pending",
     "DECISION",
     "setup",
 ]
@@ -48,8 +49,13 @@ REDIS_TIMEOUT_S = 1.0
 # A connection slot lives this long unless its sidecar renews it, so a crashed sidecar's slots free up.
 SLOT_TTL_S = 60.0
 SLOT_REFRESH_S = 20.0
+# A release that failed (Redis unreachable, timed out) is retried this often until it succeeds, so a Redis
+# hiccup does not hold the closed connection's slot until it expires (reconnects would get 4029 meanwhile).
+RELEASE_RETRY_S = 1.0
 RETRY_REDIS_AFTER_S = 5.0
 WARN_EVERY_S = 30.0
+# Refused subjects remembered locally (see _Limits.refused), at most.
+REFUSED_KEPT = 10_000
 
 # The decision of the request's rate limit check, turned into RateLimit-* headers on its response.
 DECISION: web.RequestKey[Decision] = web.RequestKey("rate_decision")
@@ -145,11 +151,20 @@ class _Limits:
     refresh: AsyncScript | None = None
     # This sidecar's live slots: Redis key -> members, renewed by the refresher until released.
     slots: dict[str, set[str]] = field(default_factory=dict)
+    # Slots of closed connections whose release has not reached Redis yet: Redis key -> members.
+    unreleased: dict[str, set[str]] = field(default_factory=dict)
     last_warning: float = -math.inf
     down_until: float = -math.inf
+    # Subjects refused lately: (Redis key, limit) -> (retry at, full at), in seconds of ``now()``. A refusal
+    # holds until its retry time whatever other sidecars do (they only push a subject's bucket later), so
+    # a client hammering past its limit is refused here without a round trip to Redis.
+    refused: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
 
     def now_arg(self) -> str:
         return "" if self.clock is None else str(int(self.clock() * 1000))
+
+    def now(self) -> float:
+        return time.monotonic() if self.clock is None else self.clock()
 
     async def guarded(self, check: str, call: Callable[[], Awaitable[T]]) -> T | None:
         """The call's result, or None when Redis failed (counted, and logged at most every WARN_EVERY_S)."""
@@ -183,8 +198,17 @@ async def check_rate(app: web.Application, principal: Principal) -> Decision | N
     gcra = limits.gcra
     assert gcra is not None, "web.ratelimit is used before the application started"
     key = f"{limits.prefix}:rl:{principal.subject}"
+    refused = limits.refused.get((key, per_minute))
+    if refused is not None:
+        now = limits.now()
+        if now < refused[0]:
+            return Decision(
+                False, per_minute, 0, math.ceil(refused[1] - now), max(1, math.ceil(refused[0] - now))
+            )
+        del limits.refused[(key, per_minute)]
     # The bucket holds a full minute's worth: a client idle for a minute may spend it at once.
     interval_ms = max(1, round(60_000 / per_minute))
+    sent = limits.now()  # before Redis's own now: a refusal is never held longer here than there
     result = await limits.guarded(
         "rate",
         lambda: gcra(keys=[key], args=[interval_ms, per_minute, limits.now_arg()]),
@@ -192,6 +216,10 @@ async def check_rate(app: web.Application, principal: Principal) -> Decision | N
     if result is None:
         return None
     allowed, remaining, retry_ms, reset_ms = (int(x) for x in result)
+    if not allowed:
+        if len(limits.refused) >= REFUSED_KEPT:
+            limits.refused.clear()  # a flood of distinct subjects: forget, Redis still decides
+        limits.refused[(key, per_minute)] = (sent + retry_ms / 1000, sent + reset_ms / 1000)
     return Decision(
         allowed=bool(allowed),
         limit=per_minute,
@@ -226,6 +254,8 @@ async def acquire_connection(app: web.Application, principal: Principal, connect
 
 
 async def release_connection(app: web.Application, principal: Principal, connection_id: str) -> None:
+    """Free a closed connection's slot; if Redis cannot be told now, the release is retried in the background
+    every RELEASE_RETRY_S (and the refresher no longer renews the slot meanwhile)."""
     limits = app[LIMITS]
     key, member = _slot(app, principal, connection_id)
     members = limits.slots.get(key)
@@ -234,8 +264,31 @@ async def release_connection(app: web.Application, principal: Principal, connect
         if not members:
             del limits.slots[key]
     redis = limits.redis
-    if redis is not None:
-        await limits.guarded("connections", lambda: redis.zrem(key, member))
+    if redis is None:
+        return
+    if await limits.guarded("connections", lambda: redis.zrem(key, member)) is None:
+        limits.unreleased.setdefault(key, set()).add(member)
+
+
+async def release_pending(app: web.Application) -> bool:
+    """Retry the releases that failed; True when none is left. Ignores the fail-open pause: a retry that
+    fails again only waits for the next one."""
+    limits = app[LIMITS]
+    if limits.redis is None or not limits.unreleased:
+        return not limits.unreleased
+    taken, limits.unreleased = limits.unreleased, {}
+    pipe = limits.redis.pipeline(transaction=False)
+    for key, members in taken.items():
+        pipe.zrem(key, *members)
+    try:
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            await pipe.execute()
+    except (RedisError, OSError, TimeoutError) as exc:
+        for key, members in taken.items():
+            limits.unreleased.setdefault(key, set()).update(members)
+        log.debug("releasing %d connection slots failed again: %r", sum(map(len, taken.values())), exc)
+        return False
+    return not limits.unreleased
 
 
 async def refresh_connections(app: web.Application) -> None:
@@ -264,10 +317,13 @@ async def _limits_ctx(app: web.Application) -> AsyncIterator[None]:
     limits.acquire = redis.register_script(_ACQUIRE)
     limits.refresh = redis.register_script(_REFRESH)
     refresher = asyncio.create_task(_refresh_forever(app), name="connection-slot-refresher")
+    releaser = asyncio.create_task(_release_forever(app), name="connection-slot-releaser")
     yield
-    refresher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await refresher
+    for task in (refresher, releaser):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await release_pending(app)
     # Free this sidecar's slots now rather than when they expire.
     if limits.slots:
         pipe = redis.pipeline(transaction=False)
@@ -284,6 +340,15 @@ async def _refresh_forever(app: web.Application) -> None:
             await refresh_connections(app)
         except Exception:  # the refresher must outlive any one failure, or every slot would expire
             log.exception("renewing WebSocket connection slots failed")
+
+
+async def _release_forever(app: web.Application) -> None:
+    while True:
+        await asyncio.sleep(RELEASE_RETRY_S)
+        try:
+            await release_pending(app)
+        except Exception:  # keep retrying through any one failure
+            log.exception("releasing WebSocket connection slots failed")
 
 
 async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -29,16 +29,26 @@ META_TOPIC = "protocols.meta"
 YIELD_EVERY = 50
 
 
+# A record as the delay line holds it: (channel, key, value, partition, offset, timestamp ms).
+RawRecord = tuple[str, bytes | None, bytes | None, int, int, int]
+
+
 def decode_update(channel: Channel, record: ConsumerRecord[bytes, bytes]) -> Update | None:
     """The update a derived-topic record carries, or None for a tombstone or an unreadable value."""
+    return _decode(channel.name, record.key, record.value, record.partition, record.offset, record.timestamp)
+
+
+def _decode(
+    channel: str, key: bytes | None, value: bytes | None, partition: int, offset: int, timestamp_ms: int
+) -> Update:
     try:
-        row = orjson.loads(record.value) if record.value is not None else None
+        row = orjson.loads(value) if value is not None else None
     except orjson.JSONDecodeError:
         row = None
-    key = record.key.decode("utf-8", "replace") if record.key is not None else ""
     if row is not None and not isinstance(row, dict):
         row = None
-    return Update(channel.name, key, row, record.partition, record.offset, record.timestamp)
+    text_key = key.decode("utf-8", "replace") if key is not None else ""
+    return Update(channel, text_key, row, partition, offset, timestamp_ms)
 
 
 class Replica:
@@ -57,7 +67,7 @@ class Replica:
         self.protocols: dict[str, dict[str, Any]] = {}
         self.caught_up = False
         self.listeners: list[Listener] = []
-        self.delay_line = DelayLine(settings.free_tier_delay_s, self._apply_delayed)
+        self.delay_line: DelayLine[RawRecord] = DelayLine(settings.free_tier_delay_s, self._apply_delayed)
         self.end_offsets: dict[TopicPartition, int] = {}
         self.skipped = 0
         self._meta_positions: dict[int, int] = {}
@@ -203,9 +213,14 @@ class Replica:
         self.live[channel.name].apply(update)
         for listener in self.listeners:
             listener(update, False)
-        self.delay_line.push(update)
+        raw = (channel.name, record.key, record.value, record.partition, record.offset, record.timestamp)
+        self.delay_line.push(record.timestamp, raw)
 
-    def _apply_delayed(self, update: Update) -> None:
+    def _apply_delayed(self, raw: RawRecord) -> None:
+        # Decoded (and joined with the protocol's category) again, when due: see web/delay_line.py.
+        update = _decode(*raw)
+        if update.row is not None:
+            self.enrich(update.row)
         self.delayed[update.channel].apply(update)
         for listener in self.listeners:
             listener(update, True)
@@ -227,9 +242,9 @@ class Replica:
         if self.caught_up and (previous or {}).get("category") != meta.get("category"):
             # Rare (a protocol recategorised): patch the rows already joined with the old category.
             for states in (self.live, self.delayed):
-                for row in states["tvl"].rows.values():
-                    if row.get("protocol") == name:
-                        row["category"] = meta.get("category")
+                tvl = states["tvl"]
+                for key in [k for k, row in tvl.rows.items() if row.get("protocol") == name]:
+                    tvl.set_field(key, "category", meta.get("category"))
 
     def enrich(self, row: dict[str, Any]) -> None:
         """Joins what the sidecar knows about a TVL row's protocol (its category) into the row."""

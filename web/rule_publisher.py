@@ -65,6 +65,12 @@ def rule_value(row: AlertRule) -> bytes | None:
     return orjson.dumps(rule_of(row).model_dump(mode="json", by_alias=True))
 
 
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` (aiokafka's errors already start with their type), at most 500 characters."""
+    name, text = type(exc).__name__, str(exc)
+    return (text if text.startswith(name) else f"{name}: {text}")[:500]
+
+
 def _digest(value: bytes | None) -> bytes | None:
     return None if value is None else hashlib.blake2b(value, digest_size=16).digest()
 
@@ -77,8 +83,10 @@ class RulePublisher:
         self.engine = engine
         self.topic = topic_name(settings, RULES_TOPIC)
         self.timeout_s = timeout_s
-        # Set once the startup reconciliation finished; tests and readiness can wait on it.
+        # Set once the startup reconciliation finished; tests and readiness (/readyz) wait on it.
         self.reconciled = asyncio.Event()
+        # Why the last reconciliation attempt failed (None: none failed yet, or it finished), for /readyz.
+        self.reconcile_error: str | None = None
         self._producer: AIOKafkaProducer | None = None
         self._dirty: set[str] = set()
         self._repairing: set[str] = set()
@@ -234,9 +242,11 @@ class RulePublisher:
                 log.info(
                     "alerts.rules reconciled: %d rules republished, %d tombstones", published, tombstoned
                 )
+                self.reconcile_error = None
                 self.reconciled.set()
             except Exception as exc:  # noqa: BLE001  (whatever failed, retry: the loop must not die)
                 log.warning("alerts.rules reconciliation failed, retrying in %.0f s: %r", backoff, exc)
+                self.reconcile_error = _describe(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
         backoff = BACKOFF_FIRST_S

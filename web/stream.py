@@ -31,6 +31,8 @@ HUB = web.AppKey("hub", Hub)
 _SLOTS = web.AppKey("catch_up_slots", asyncio.Semaphore)
 # A client that keeps sending past its budget after this many refusals is disconnected.
 MAX_REFUSALS = 50
+# Heartbeats written between two yields to the event loop.
+HEARTBEAT_SLICE = 500
 
 
 class SubscribeMessage(BaseModel):
@@ -84,14 +86,20 @@ async def _tick(app: web.Application, hub: Hub) -> None:
 
 
 async def _heartbeat(app: web.Application, hub: Hub) -> None:
-    depth = 0
-    for conn in list(hub.connections.values()):
+    depth = total = 0
+    for n, conn in enumerate(list(hub.connections.values()), 1):
         depth = max(depth, len(conn.queue))
         subs = {sid: _heartbeat_position(app, sub) for sid, sub in conn.subs.items() if sub.mode == "live"}
         conn.send({"type": "heartbeat", "time": time.time(), "subs": subs})
         sent, conn.messages_out = conn.messages_out, 0
         if sent:
+            total += sent
             await usage.count_messages(app, conn.principal, sent)
+        if n % HEARTBEAT_SLICE == 0:
+            # Thousands of heartbeats in one go would hold the stream back; let updates through between.
+            await asyncio.sleep(0)
+    # Counted here, not per message: a Prometheus counter takes a lock on every increment.
+    metrics.MESSAGES_OUT.inc(total)
     metrics.QUEUE_DEPTH.set(depth)
 
 
@@ -106,11 +114,19 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     settings = app[SETTINGS]
     principal = request[PRINCIPAL]
-    ws = web.WebSocketResponse(max_msg_size=settings.ws_max_message_bytes, autoping=True, heartbeat=60)
+    # No permessage-deflate: an update is serialised once for all its recipients, and compressing it
+    # again per connection would cost more CPU than the fan-out itself (messages are small JSON).
+    ws = web.WebSocketResponse(
+        max_msg_size=settings.ws_max_message_bytes, autoping=True, heartbeat=60, compress=False
+    )
     await ws.prepare(request)
-    conn = Connection(uuid.uuid4().hex, principal, ws, settings.ws_queue_max)
+    transport = request.transport
+    if transport is None:  # the client left during the handshake
+        return ws
+    conn = Connection(
+        uuid.uuid4().hex, principal, ws, transport, settings.ws_queue_max, settings.ws_send_timeout_s
+    )
     conn.start_budget(settings.ws_max_inbound_per_s)
-    writer = asyncio.create_task(conn.write_loop(settings.ws_send_timeout_s))
     if not await ratelimit.acquire_connection(app, principal, conn.id):
         _error(
             conn,
@@ -118,9 +134,8 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
             "too_many_connections",
             f"the {principal.tier} tier allows {principal.limits.ws_connections} connections per key",
         )
-        await asyncio.sleep(0.05)  # let the writer send the error before the close
         await conn.close(CloseCode.TOO_MANY_CONNECTIONS, "too many connections")
-        writer.cancel()
+        await conn.stop()
         return ws
     hub = app[HUB]
     hub.connections[conn.id] = conn
@@ -139,12 +154,10 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
             hub.remove(sub)
         hub.connections.pop(conn.id, None)
         metrics.CONNECTIONS.dec()
-        conn.closing = True
-        writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer
+        await conn.stop()
         await ratelimit.release_connection(app, principal, conn.id)
         if conn.messages_out:
+            metrics.MESSAGES_OUT.inc(conn.messages_out)
             await usage.count_messages(app, principal, conn.messages_out)
     return ws
 
@@ -290,7 +303,7 @@ def _subscribe(app: web.Application, conn: Connection, message: dict[str, Any]) 
     sub.next = position
     if request.snapshot:
         pos = encode_position(position)
-        items = [(key, row) for key, row in state.items() if predicate(row)]
+        items = state.matching(predicate)
         for data in snapshot_messages(sub, items, pos):
             conn.offer(sub, pos, data)
     hub.add(sub)

@@ -1,6 +1,7 @@
-"""The delivery loop: claim due notifications, send each through its channel, log the attempt, then mark
-it delivered, retry it with exponential backoff and full jitter, or give it up. All of it is in SQL, so
-retries survive restarts, and the webhook-id is the notification id on every attempt."""
+"""The delivery loop: claim a batch of due notifications, send each through its channel (concurrently),
+then log the attempts and mark each delivered, retried with exponential backoff and full jitter, or given
+up, in one transaction. All of it is in SQL, so retries survive restarts, and the webhook-id is the
+notification id on every attempt."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.alerting.attempt import EXCERPT_CHARS, AttemptResult, Outgoing, Sender
-from pipeline.alerting.delivery_log import Outcome, record_result
+from pipeline.alerting.delivery_log import Attempted, record_results
 from pipeline.alerting.due_notifications import claim_due
 from pipeline.settings import Settings
 
@@ -32,7 +33,8 @@ DELIVERIES = Counter(
     "notification delivery attempts by channel and outcome",
     ["channel", "outcome"],
 )
-BATCH = 32
+# Notifications claimed, sent concurrently and recorded together (the webhook client's pool is 100 wide).
+BATCH = 100
 # Past the send's own deadline, so a live sender always finishes before its lease runs out.
 LEASE_MARGIN_S = 10.0
 
@@ -68,7 +70,8 @@ class WebSocketSender:
 
 
 class Deliverer:
-    """Sends what is due, a batch at a time, each notification concurrently with the others."""
+    """Sends what is due, a batch at a time, each notification concurrently with the others; two
+    transactions per batch (the claim, the results), whatever its size."""
 
     def __init__(
         self,
@@ -86,21 +89,33 @@ class Deliverer:
         self.next_attempt_at: datetime | None = None
 
     async def run_once(self) -> int:
-        """Claim and send one batch; how many were claimed (a full batch means more may be due)."""
+        """Claim a batch, send it concurrently, then record every outcome in one transaction; how many were
+        claimed (a full batch means more may be due)."""
         now = datetime.now(UTC)
         claim = await claim_due(self.engine, self.settings.app_id, now, self.lease, BATCH)
         claimed = claim.outgoing
         self.next_attempt_at = claim.next_attempt_at
-        results = await asyncio.gather(
-            *(self.deliver(outgoing) for outgoing in claimed), return_exceptions=True
-        )
-        for outgoing, outcome in zip(claimed, results, strict=True):
-            if isinstance(outcome, BaseException):
-                # Not recorded (the database went away?): the lease runs out and it is sent again, same id.
-                log.error("recording the attempt of %s failed: %r", outgoing.id, outcome)
+        if not claimed:
+            return 0
+        attempted = await asyncio.gather(*(self.attempt(outgoing) for outgoing in claimed))
+        try:
+            outcomes = await record_results(self.engine, self.settings, attempted)
+        except Exception:  # the database went away: the leases run out and all is sent again, same ids
+            log.exception("recording %d delivery attempts failed", len(attempted))
+            return len(claimed)
+        for item, outcome in zip(attempted, outcomes, strict=True):
+            outgoing, result = item.outgoing, item.result
+            if outcome == "retry":
+                retry_at = datetime.now(UTC) + timedelta(seconds=item.retry_in)
+                if self.next_attempt_at is None or retry_at < self.next_attempt_at:
+                    self.next_attempt_at = retry_at
+            DELIVERIES.labels(outgoing.target_type, outcome).inc()
+            if outcome != "delivered":
+                log.info("notification %s to %s: %s (%s)", outgoing.id, result.target, outcome, result.error)
         return len(claimed)
 
-    async def deliver(self, outgoing: Outgoing) -> Outcome:
+    async def attempt(self, outgoing: Outgoing) -> Attempted:
+        """Send one notification through its channel; every failure is a result, never a raise."""
         started_at = datetime.now(UTC)
         sender = self.senders.get(outgoing.target_type)
         if sender is None:
@@ -124,15 +139,7 @@ class Deliverer:
             self.settings.webhook_backoff_max_s,
             self.rng,
         )
-        outcome = await record_result(self.engine, self.settings, outgoing, result, started_at, delay)
-        if outcome == "retry":
-            retry_at = datetime.now(UTC) + timedelta(seconds=delay)
-            if self.next_attempt_at is None or retry_at < self.next_attempt_at:
-                self.next_attempt_at = retry_at
-        DELIVERIES.labels(outgoing.target_type, outcome).inc()
-        if outcome != "delivered":
-            log.info("notification %s to %s: %s (%s)", outgoing.id, result.target, outcome, result.error)
-        return outcome
+        return Attempted(outgoing, result, started_at, delay)
 
     async def close(self) -> None:
         for sender in self.senders.values():

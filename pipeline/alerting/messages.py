@@ -45,14 +45,20 @@ class AlertTransition(TypedDict):
 
 
 class AlertNotice(TypedDict):
-    """A grouped notification for the owner's WebSocket connections (key: owner)."""
+    """A grouped notification (the outbox row's payload) as sent to the owner's WebSocket connections on
+    ``alerts.notifications`` (key: owner); webhooks carry the same object as their ``data``."""
 
     id: str  # the notification id, equal to the webhook-id sent for the same group flush
     owner: str
-    rule_id: str
-    group_key: str
+    rule_id: str  # "system:endpoint_disabled" for the built-in notice of a disabled webhook endpoint
+    rule_name: str
+    group_key: str  # "" for the built-in notice
+    group_labels: dict[str, str]  # the rule's group_by labels and this group's values of them
+    seq: int  # the group's flush number, from 0: with group_key, what the id is derived from
     status: Literal["firing", "resolved"]
-    alerts: list[AlertTransition]
+    muted: bool  # every listed alert was silenced: recorded, never sent unless replayed
+    alerts: list[AlertTransition]  # at most 200, firing first
+    truncated: int  # alerts left out of ``alerts``
 
 
 def fingerprint(rule_id: str, series_key: str) -> str:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from prometheus_client import Counter
@@ -18,8 +19,9 @@ from pipeline.alerting.attempt import Sender
 from pipeline.alerting.delivery import BATCH, Deliverer, Publish, WebSocketSender
 from pipeline.alerting.due_notifications import release_held
 from pipeline.alerting.email_sender import EmailSender
+from pipeline.alerting.flush_groups import GROUPS_PER_FLUSH, flush_due_groups
 from pipeline.alerting.messages import AlertTransition
-from pipeline.alerting.outbox import GROUPS_PER_FLUSH, flush_due_groups, record_transition
+from pipeline.alerting.record_transitions import BatchRecorded, record_transitions
 from pipeline.alerting.webhook_sender import WebhookSender
 from pipeline.db import make_engine
 from pipeline.settings import Settings
@@ -35,7 +37,7 @@ TRANSITIONS = Counter(
 )
 POLL_S = 0.5  # longest sleep of either loop: how soon work written by another worker is seen
 RELEASE_EVERY_S = 5.0  # how often held notifications of re-enabled endpoints are looked for
-RETRY_DEADLOCK = 3  # tries of a transition whose transaction fails for a reason other than connectivity
+RETRY_DEADLOCK = 3  # tries of a batch whose transaction fails for a reason other than connectivity
 # The database is unreachable or restarting: wait and try again, never drop the work.
 TRANSIENT = (OperationalError, InterfaceError, OSError, TimeoutError)
 
@@ -78,36 +80,52 @@ class Notifier:
             await self._engine.dispose()
         self._engine = self._deliverer = None
 
-    async def record(self, transition: AlertTransition) -> None:
-        """Fold one transition into the outbox; waits out database outages (the record stays unacked)."""
+    async def record(self, transitions: Sequence[AlertTransition]) -> None:
+        """Fold a batch of transitions into the outbox in one transaction; waits out database outages (the
+        batch stays unacked meanwhile). A batch that keeps failing for another reason is retried one
+        transition at a time, so one bad transition is skipped alone rather than with its batch."""
+        if not transitions:
+            return
+        recorded = await self._record(transitions)
+        if recorded is None and len(transitions) > 1:
+            log.warning("a batch of %d alert transitions failed; storing them one by one", len(transitions))
+            for transition in transitions:
+                await self.record([transition])
+            return
+        if recorded is None:
+            log.error("alert transition %s could not be stored; skipped", transitions[0]["source"])
+            TRANSITIONS.labels("failed").inc()
+            return
+        if recorded.duplicates:
+            log.info("%d alert transitions were stored before (redelivered); skipped", recorded.duplicates)
+        counts = {"duplicate": recorded.duplicates, "scheduled": recorded.scheduled}
+        for outcome, count in (counts | {"recorded": recorded.recorded}).items():
+            if count:
+                TRANSITIONS.labels(outcome).inc(count)
+        if recorded.notifications:
+            self.deliveries_due.set()  # flushed at once (group_wait 0): straight to delivery
+        due = recorded.next_flush_at
+        if due is not None and (due - _now()).total_seconds() < POLL_S:
+            self.groups_due.set()  # later ones: the dispatcher's next poll sees them in time
+
+    async def _record(self, transitions: Sequence[AlertTransition]) -> BatchRecorded | None:
+        """The batch's outcome, or None when it failed RETRY_DEADLOCK times for a reason other than
+        connectivity (its transaction rolled back each time)."""
         failures = 0
         while True:
             try:
                 engine = await self.ready()
-                recorded = await record_transition(engine, self.settings.app_id, transition, _now())
+                return await record_transitions(engine, self.settings.app_id, transitions, _now())
             except TRANSIENT as err:
-                log.warning("alert transition %s waits for the database: %s", transition["source"], err)
+                log.warning("%d alert transitions wait for the database: %s", len(transitions), err)
                 await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
                 failures += 1
-                continue
             except (DBAPIError, SQLAlchemyError):
                 failures += 1
-                if failures < RETRY_DEADLOCK:
-                    await asyncio.sleep(0.2)
-                    continue
-                log.exception("alert transition %s could not be stored; skipped", transition["source"])
-                TRANSITIONS.labels("failed").inc()
-                return
-            if recorded.duplicate:
-                log.info("alert transition %s was stored before (redelivered); skipped", transition["source"])
-                TRANSITIONS.labels("duplicate").inc()
-            else:
-                TRANSITIONS.labels("scheduled" if recorded.due is not None else "recorded").inc()
-            if recorded.notifications:
-                self.deliveries_due.set()  # flushed at once (group_wait 0): straight to delivery
-            elif recorded.due is not None:
-                self.groups_due.set()
-            return
+                if failures >= RETRY_DEADLOCK:
+                    log.exception("storing %d alert transitions failed", len(transitions))
+                    return None
+                await asyncio.sleep(0.2)
 
     async def run_dispatcher(self) -> None:
         """Flush due groups into the outbox, forever."""

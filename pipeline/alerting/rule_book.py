@@ -15,10 +15,10 @@ from pydantic import ValidationError
 from pipeline.alerting.conditions import describe
 from pipeline.alerting.instance import Timing
 from pipeline.alerting.rules import Rule
-from pipeline.alerting.scope_index import INDEXED_FIELDS, ScopeIndex
 from pipeline.alerting.trailing import Need, evidence_span, need_of
 from pipeline.channels import CHANNELS
 from pipeline.filters import Filter, compile_filter
+from pipeline.scope_index import INDEXED_FIELDS, ScopeIndex
 
 __all__ = ["CompiledRule", "RuleBook", "compile_rule"]
 

@@ -6,18 +6,60 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["Matcher", "SilenceWindow", "MatcherError", "parse_matchers", "matches", "muted_until"]
+import re2
+
+__all__ = [
+    "Matcher",
+    "Pattern",
+    "SilenceWindow",
+    "MatcherError",
+    "MAX_REGEX_LENGTH",
+    "compile_regex",
+    "parse_matchers",
+    "matches",
+    "muted_until",
+]
 
 OPS = ("=", "!=", "=~", "!~")
 MAX_MATCHERS = 20
 MAX_VALUE_LENGTH = 500
+# Regexes run against the labels of the owner's alerts at every flush: short ones compile and run cheaply.
+MAX_REGEX_LENGTH = 256
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$")
+# RE2 (Alertmanager's own syntax, Go's regexp) matches in time linear in the text whatever the pattern, so a
+# silence like `(a+)+$` cannot stall the notifier the way a backtracking engine would. Its errors go to the
+# caller as MatcherError, not to stderr.
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
 
 
 class MatcherError(ValueError):
     """A matcher that cannot be used; the message names it and says why."""
+
+
+class Pattern(Protocol):
+    """A compiled regular expression (RE2)."""
+
+    def fullmatch(self, text: str) -> object | None: ...
+
+
+def compile_regex(value: str) -> Pattern:
+    """``value`` compiled by RE2, or MatcherError saying what is wrong (the caller names the matcher)."""
+    if len(value) > MAX_REGEX_LENGTH:
+        raise MatcherError(
+            f"a regular expression may be at most {MAX_REGEX_LENGTH} characters long, not {len(value)}"
+        )
+    try:
+        pattern: Pattern = re2.compile(value, _RE2_OPTIONS)
+    except re2.error as err:
+        reason = err.args[0].decode(errors="replace") if err.args and isinstance(err.args[0], bytes) else err
+        raise MatcherError(
+            f"{value[:60]!r} is not a regular expression in RE2 syntax (as Alertmanager's; backreferences"
+            f" and lookarounds are not supported): {reason}"
+        ) from None
+    return pattern
 
 
 @dataclass(frozen=True)
@@ -25,7 +67,7 @@ class Matcher:
     name: str
     op: str
     value: str
-    pattern: re.Pattern[str] | None = None
+    pattern: Pattern | None = None
 
     def __call__(self, labels: Mapping[str, str]) -> bool:
         # A missing label matches as "", as in Alertmanager (so `team!="x"` matches alerts without a team).
@@ -69,9 +111,9 @@ def parse_matchers(raw: Sequence[Mapping[str, Any]]) -> tuple[Matcher, ...]:
         pattern = None
         if op in ("=~", "!~"):
             try:
-                pattern = re.compile(value)
-            except re.error as err:
-                raise MatcherError(f"{where}: {value!r} is not a regular expression: {err}") from err
+                pattern = compile_regex(value)
+            except MatcherError as err:
+                raise MatcherError(f"{where}: {err}") from None
         parsed.append(Matcher(name, op, value, pattern))
     return tuple(parsed)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -134,6 +134,7 @@ class AlertEvent(Base):
     __table_args__ = (
         Index("ix_alert_events_owner_as_of", "owner", "as_of"),
         Index("ux_alert_events_fingerprint_source", "fingerprint", "source", unique=True),
+        Index("ix_alert_events_recorded_at", "recorded_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -144,6 +145,9 @@ class AlertEvent(Base):
     as_of: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     source: Mapped[str] = mapped_column(String(300))
     transition: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    # When it was stored (the database's clock): retention counts from here, not from as_of, the event time
+    # (a replay of 2022 stores events whose as_of is years old).
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class AlertGroup(Base):
@@ -177,7 +181,10 @@ class Notification(Base):
     two loses nothing."""
 
     __tablename__ = "notifications"
-    __table_args__ = (Index("ix_notifications_app_due", "app_id", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_notifications_app_due", "app_id", "status", "next_attempt_at"),
+        Index("ix_notifications_app_created", "app_id", "created_at"),  # retention
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     app_id: Mapped[str] = mapped_column(String(200))  # the deployment whose workers deliver it

@@ -70,7 +70,7 @@ async def rules_on_topic(settings: Settings) -> dict[str, dict[str, Any] | None]
     return latest
 
 
-# ---- notifications (tests/integration/test_alert_delivery*.py): rules and endpoints written straight to
+# ---- notifications (tests/integration/alerts/delivery/): rules and endpoints written straight to
 # PostgreSQL, transitions produced straight to alerts.triggered, real receivers on loopback ----
 
 
@@ -84,7 +84,6 @@ def delivery_settings(**overrides: Any) -> Settings:
             "webhook_timeout_s": 5.0,
             "webhook_backoff_base_s": 0.2,
             "webhook_backoff_max_s": 1.0,
-            "smtp_username": "",  # settings_env would pass None on as the text "None"
             **overrides,
         }
     )
@@ -249,7 +248,7 @@ class WebhookReceiver:
         return [r for r in self.received if r.status == 200]
 
 
-# ---- evaluation (tests/integration/test_alert_evaluation.py): rules produced straight to alerts.rules ----
+# ---- evaluation (tests/integration/alerts/test_evaluation.py): rules produced straight to alerts.rules ----
 
 
 def stored_rule(rule_id: str | None = None, owner: str = "owner-eval", **spec: Any) -> dict[str, Any]:

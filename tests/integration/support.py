@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import SecretStr
 
 from pipeline.connectors.readers import ReplayRecord
 from pipeline.connectors.sink import KafkaSink
@@ -114,9 +115,22 @@ async def topic_end_offsets(settings: Settings, logical: str) -> int:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment under which a child process's ``Settings()`` equals ``settings``.
+
+    A None setting is left out (and any inherited value removed), so the child gets the field's default
+    (None) rather than the text "None"; secrets are passed as their value, not their masked form.
+    """
     env = dict(os.environ)
     for field, value in settings.model_dump().items():
-        env[f"LLAMA_{field.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        name = f"LLAMA_{field.upper()}"
+        if value is None:
+            env.pop(name, None)
+        elif isinstance(value, SecretStr):
+            env[name] = value.get_secret_value()
+        elif isinstance(value, bool):
+            env[name] = str(value).lower()
+        else:
+            env[name] = str(value)
     return env
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import json
@@ -319,6 +320,16 @@ async def test_group_by_aggregations_are_cached_per_epoch(served: Served, data_d
     assert sixth["cached"] is True and sixth["groups"] == fourth["groups"]
 
 
+async def test_concurrent_identical_aggregations_are_computed_once(served: Served, data_dir: Path) -> None:
+    served.feed.apply("tvl", protocol_rows(data_dir))
+    body = {"channel": "tvl", "group_by": ["category"], "aggregations": AGGREGATIONS, "limit": 5}
+    answers = await asyncio.gather(*(served.post(body) for _ in range(30)))
+    assert all(status == 200 for status, _ in answers)
+    assert [result["cached"] for _, result in answers].count(False) == 1
+    assert all(result["groups"] == answers[0][1]["groups"] for _, result in answers)
+    assert served.app[query.QUERY].cache.computed == 1
+
+
 async def test_free_tier_reads_the_delayed_view(served: Served, data_dir: Path) -> None:
     earlier, later = chain_rows(data_dir, DAY), chain_rows(data_dir, "2022-05-16")
     served.feed.apply("tvl", earlier, delayed=True)
@@ -343,18 +354,22 @@ async def test_free_tier_reads_the_delayed_view(served: Served, data_dir: Path) 
         assert page["rows"] == [{"tvl_usd": next(r["tvl_usd"] for r in rows if r["chain"] == "Terra")}]
 
 
-async def test_redis_down_means_computing_without_the_cache(
+async def test_redis_down_means_computing_without_the_shared_cache(
     settings: Settings, engine: AsyncEngine, data_dir: Path
 ) -> None:
     closed = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     async for served in serve(settings, Redis.from_url(closed), engine):
         served.feed.apply("tvl", chain_rows(data_dir, DAY))
-        body = {"channel": "tvl", "aggregations": {"n": "count()"}}
-        for _ in range(2):
+        for n in range(2):
+            body = {"channel": "tvl", "aggregations": {"n": "count()"}, "limit": 10 + n}  # two queries
             status, result = await served.post(body)
             assert status == 200, result
             assert result["cached"] is False
             assert result["groups"][0]["values"]["n"] == len(chain_rows(data_dir, DAY))
+            # The process keeps its own results for a few seconds, Redis or not.
+            status, again = await served.post(body)
+            assert again["cached"] is True and again["groups"] == result["groups"]
+        assert served.app[query.QUERY].cache.computed == 2
 
 
 # --- errors --------------------------------------------------------------------------------------------

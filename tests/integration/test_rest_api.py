@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gzip
 import json
 import os
 import uuid
@@ -257,6 +258,33 @@ async def test_protocols(server: Server, data: dict[str, Any]) -> None:
     assert kamino["url"] == data["meta"]["Kamino Lend"]["url"]
     assert kamino["chainTvls"] == {"Solana": 2246279745.26495}
     assert kamino["as_of"] == iso(data["protocols"]["kamino-lend"]["tvl"][-1]["date"])
+
+
+@pytest.mark.parametrize("path", ["/protocols", "/v2/chains", "/pools"])
+async def test_full_lists_are_sent_gzipped_and_revalidated(server: Server, path: str) -> None:
+    headers = bearer(server.keys["pro"])
+    url = server.url + path
+    async with server.http.get(url, headers=headers | {"Accept-Encoding": "identity"}) as plain:
+        assert plain.status == 200 and "Content-Encoding" not in plain.headers
+        assert plain.headers["Vary"] == "Accept-Encoding"
+        raw, etag = await plain.read(), plain.headers["ETag"]
+    async with server.http.get(
+        url, headers=headers | {"Accept-Encoding": "gzip, deflate"}, auto_decompress=False
+    ) as packed:
+        assert packed.status == 200 and packed.headers["Content-Encoding"] == "gzip"
+        assert packed.headers["ETag"] != etag and packed.headers["Vary"] == "Accept-Encoding"
+        body = await packed.read()
+        assert gzip.decompress(body) == raw and len(body) < len(raw)
+    for encoding, tag in (("identity", etag), ("gzip", packed.headers["ETag"]), ("identity", f"W/{etag}")):
+        async with server.http.get(
+            url, headers=headers | {"Accept-Encoding": encoding, "If-None-Match": tag}
+        ) as again:
+            assert again.status == 304 and await again.read() == b""
+    # Another view (the free tier's) has a body of its own.
+    async with server.http.get(
+        url, headers=bearer(server.keys["free"]) | {"If-None-Match": etag, "Accept-Encoding": "identity"}
+    ) as free:
+        assert free.status == (304 if path == "/pools" else 200)  # the test's pools are the same in both
 
 
 async def test_protocol_history_live_and_delayed(server: Server, data: dict[str, Any]) -> None:

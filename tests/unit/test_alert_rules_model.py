@@ -138,7 +138,7 @@ def test_silence_windows_and_matchers() -> None:
     )
     assert naive.ends_at.tzinfo == UTC
     for change, field in [
-        ({"matchers": [{"name": "chain", "op": "=~", "value": "(("}]}, "matchers.0"),
+        ({"matchers": [{"name": "chain", "op": "=~", "value": "(("}]}, "matchers.0.value"),
         ({"matchers": [{"name": "chain", "op": "=", "value": "x" * 501}]}, "matchers.0.value"),
         ({"matchers": [{"name": "chain", "value": "x"}] * 21}, "matchers"),
         ({"ends_at": now - timedelta(seconds=1)}, "body"),

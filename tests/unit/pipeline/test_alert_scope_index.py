@@ -9,8 +9,8 @@ import orjson
 
 from pipeline.alerting.rule_book import RuleBook
 from pipeline.alerting.rules import Rule
-from pipeline.alerting.scope_index import ScopeIndex
 from pipeline.filters import equality_terms
+from pipeline.scope_index import ScopeIndex
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipeline.alerting.silencing import MatcherError, SilenceWindow, matches, muted_until, parse_matchers
+from pipeline.alerting.silencing import (
+    MatcherError,
+    SilenceWindow,
+    compile_regex,
+    matches,
+    muted_until,
+    parse_matchers,
+)
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 LABELS = {"alertname": "drop", "chain": "Terra", "severity": "critical"}
@@ -49,6 +57,11 @@ def test_every_matcher_must_match() -> None:
         ([{"name": "chain", "op": "=~", "value": "(unclosed"}], "not a regular expression"),
         ([{"name": "chain", "op": "=", "value": 3}], "value must be text"),
         ([{"name": "chain", "op": "=", "value": "x"}] * 21, "at most 20"),
+        ([{"name": "chain", "op": "=~", "value": "a" * 257}], "at most 256 characters"),
+        # RE2 has no backreferences or lookarounds: refused when the silence is made, naming the matcher.
+        ([{"name": "chain", "op": "=~", "value": r"(a)\1"}], r"matcher 0 \('chain'\): .*backreferences"),
+        ([{"name": "severity", "op": "!~", "value": "(?=x)x"}], r"matcher 0 \('severity'\): .*lookarounds"),
+        ([{"name": "chain", "op": "=~", "value": "(a{1000}){1000}"}], "invalid repetition size"),
     ],
 )
 def test_bad_matchers_are_named(raw: list[dict[str, object]], message: str) -> None:
@@ -69,3 +82,21 @@ def test_muted_until_the_last_active_matching_silence_ends() -> None:
     ]
     assert muted_until(windows, LABELS, NOW) == NOW + timedelta(minutes=30)
     assert muted_until(windows[2:], LABELS, NOW) is None
+
+
+@pytest.mark.parametrize("pattern", [r"(a+)+$", r"(a|aa)*c", r"(x+x+)+y", r"(.*a){20}"])
+def test_patterns_that_backtrack_catastrophically_elsewhere_match_in_linear_time(pattern: str) -> None:
+    # Each would take Python's re minutes or more on this text; RE2 never backtracks.
+    text = "a" * 50_000 + "b"
+    started = time.perf_counter()
+    assert compile_regex(pattern).fullmatch(text) is None
+    assert not matches(parse_matchers([{"name": "chain", "op": "=~", "value": pattern}]), {"chain": text})
+    assert time.perf_counter() - started < 0.5
+
+
+def test_regex_errors_say_what_is_wrong_without_logging_to_stderr(capfd: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(
+        MatcherError, match=r"'Terra\(' is not a regular expression in RE2 syntax.*missing \)"
+    ):
+        compile_regex("Terra(")
+    assert capfd.readouterr().err == ""

@@ -1,4 +1,5 @@
-"""Rules indexed by the identity fields their scope pins, so a row only meets the rules that can match it.
+"""Entries (alert rules, WebSocket filter groups) indexed by the identity fields their filter pins, so a row
+only meets the entries that can match it.
 
 A rule whose scope requires ``field == value`` or ``field in (...)`` on identity fields (protocol, chain,
 kind, category; coin, symbol; pool, project, chain) is filed under the combination of all of them: a rule
@@ -42,9 +43,14 @@ class ScopeIndex(Generic[T]):
     shapes: dict[Shape, dict[tuple[Hashable, ...], dict[str, T]]] = field(default_factory=dict)
     scan: dict[str, T] = field(default_factory=dict)
     _placed: dict[str, tuple[Shape, list[tuple[Hashable, ...]]] | None] = field(default_factory=dict)
+    _entries: dict[str, T] = field(default_factory=dict)
+
+    def get(self, entry_id: str) -> T | None:
+        return self._entries.get(entry_id)
 
     def add(self, entry_id: str, scope: str | None, entry: T) -> None:
         self.remove(entry_id)
+        self._entries[entry_id] = entry
         terms = equality_terms(scope)
         shape = tuple(name for name in self.fields if name in terms)
         while len(shape) > 1 and _combinations(terms, shape) > MAX_KEYS_PER_RULE:
@@ -63,6 +69,7 @@ class ScopeIndex(Generic[T]):
         if entry_id not in self._placed:
             return
         placed = self._placed.pop(entry_id)
+        del self._entries[entry_id]
         if placed is None:
             self.scan.pop(entry_id, None)
             return

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -33,19 +32,6 @@ from tests.integration.alerting import (
 from tests.integration.support import WorkerProcess, free_port
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def settings() -> Settings:
-    return delivery_settings()
-
-
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    await upgrade(settings)
-    engine = make_engine(settings)
-    yield engine
-    await engine.dispose()
 
 
 def _owner() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from email.message import EmailMessage
 from typing import Any
 
@@ -14,9 +14,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline.db import make_engine
 from pipeline.settings import Settings
-from pipeline.storage.migrate import upgrade
 from tests.integration.alerting import (
     attempts_of,
     delivery_settings,
@@ -69,14 +67,6 @@ def settings() -> Settings:
     return delivery_settings(
         smtp_host="127.0.0.1", smtp_port=SMTP_PORT, smtp_sender="alerts@llamastream.test"
     )
-
-
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    await upgrade(settings)
-    engine = make_engine(settings)
-    yield engine
-    await engine.dispose()
 
 
 async def _settled(engine: AsyncEngine, owner: str) -> list[Any] | None:

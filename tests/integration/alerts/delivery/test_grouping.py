@@ -12,14 +12,11 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline.db import make_engine
 from pipeline.settings import Settings
-from pipeline.storage.migrate import upgrade
 from pipeline.storage.models import AlertEvent, AlertGroup, Silence
 from tests.integration.alerting import (
     Received,
     WebhookReceiver,
-    delivery_settings,
     eventually,
     insert_endpoint,
     insert_rule,
@@ -31,19 +28,6 @@ from tests.integration.alerting import (
 from tests.integration.support import WorkerProcess, free_port
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def settings() -> Settings:
-    return delivery_settings()
-
-
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    await upgrade(settings)
-    engine = make_engine(settings)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -12,9 +11,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline.db import make_engine
 from pipeline.settings import Settings
-from pipeline.storage.migrate import upgrade
 from pipeline.storage.models import AlertEvent, WebhookEndpoint
 from tests.integration.alerting import (
     WebhookReceiver,
@@ -35,14 +32,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def settings() -> Settings:
     return delivery_settings(webhook_disable_after_s=2.0, webhook_max_attempts=100)
-
-
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    await upgrade(settings)
-    engine = make_engine(settings)
-    yield engine
-    await engine.dispose()
 
 
 async def _endpoint(engine: AsyncEngine, endpoint_id: str) -> Any:

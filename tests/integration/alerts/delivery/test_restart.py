@@ -4,7 +4,6 @@ by webhook-id, and the redelivered transitions are stored once."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -12,9 +11,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline.db import make_engine
 from pipeline.settings import Settings
-from pipeline.storage.migrate import upgrade
 from pipeline.storage.models import AlertEvent, AlertGroup
 from tests.integration.alerting import (
     WebhookReceiver,
@@ -39,14 +36,6 @@ def settings() -> Settings:
     # Offsets committed rarely: the kill surely comes before the commit, so the restarted worker is given
     # the transitions again and has to recognise them.
     return delivery_settings(commit_interval_s=60.0)
-
-
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    await upgrade(settings)
-    engine = make_engine(settings)
-    yield engine
-    await engine.dispose()
 
 
 async def _events(engine: AsyncEngine, owner: str, count: int) -> list[Any] | None:

@@ -11,11 +11,8 @@ import aiohttp
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline.db import make_engine
 from pipeline.settings import Settings
-from pipeline.storage.migrate import upgrade
 from tests.integration.alerting import (
-    delivery_settings,
     eventually,
     insert_rule,
     notifications_of,
@@ -28,17 +25,10 @@ from tests.integration.support import WorkerProcess
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def settings() -> Settings:
-    return delivery_settings()
-
-
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    await upgrade(settings)
-    engine = make_engine(settings)
-    yield engine
-    await engine.dispose()
+@pytest.fixture(autouse=True)
+async def _forget_keys(settings: Settings) -> AsyncIterator[None]:
+    """The keys this test made (new_key) are deleted afterwards."""
+    yield
     await delete_keys(settings)
 
 

@@ -28,7 +28,7 @@ from web.rule_publisher import RULE_PUBLISHER
 pytestmark = pytest.mark.integration
 
 CHAIN_TVL = (
-    Path(__file__).parents[2] / ".." / "shared" / "data" / "defillama" / "chain_tvl_daily_2018-2023.csv"
+    Path(__file__).parents[3] / ".." / "shared" / "data" / "defillama" / "chain_tvl_daily_2018-2023.csv"
 )
 
 
