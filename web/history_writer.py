@@ -96,6 +96,9 @@ class HistoryWriter:
             client_id=f"{self.settings.app_id}-history",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # Rollups need no low latency: large fetches, so a busy stream costs few fetch round trips.
+            fetch_min_bytes=1024 * 1024,
+            fetch_max_wait_ms=500,
         )
         await consumer.start()
         self._consumer = consumer

@@ -22,6 +22,7 @@ from web.connection import CloseCode, Connection, Subscription
 from web.hub import Hub, snapshot_messages
 from web.keys import PRINCIPAL, REPLICA, SETTINGS
 from web.position import PositionError, decode_position, encode_position
+from web.stream_ticks import tick_forever
 
 __all__ = ["setup", "HUB"]
 
@@ -31,8 +32,6 @@ HUB = web.AppKey("hub", Hub)
 _SLOTS = web.AppKey("catch_up_slots", asyncio.Semaphore)
 # A client that keeps sending past its budget after this many refusals is disconnected.
 MAX_REFUSALS = 50
-# Heartbeats written between two yields to the event loop.
-HEARTBEAT_SLICE = 500
 
 
 class SubscribeMessage(BaseModel):
@@ -64,50 +63,13 @@ async def _hub(app: web.Application) -> AsyncIterator[None]:
     hub = Hub(app[REPLICA])
     app[HUB] = hub
     app[_SLOTS] = asyncio.Semaphore(16)
-    ticker = asyncio.create_task(_tick(app, hub), name="ws-ticks")
+    ticker = asyncio.create_task(tick_forever(app, hub), name="ws-ticks")
     yield
     ticker.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await ticker
     for conn in list(hub.connections.values()):
         await conn.close(CloseCode.GOING_AWAY, "server shutting down")
-
-
-async def _tick(app: web.Application, hub: Hub) -> None:
-    """Throttle flushes every 50 ms; heartbeats, queue depth and usage every ``ws_heartbeat_s``."""
-    settings = app[SETTINGS]
-    next_beat = time.monotonic() + settings.ws_heartbeat_s
-    while True:
-        await asyncio.sleep(0.05)
-        hub.flush_throttled()
-        if time.monotonic() >= next_beat:
-            next_beat = time.monotonic() + settings.ws_heartbeat_s
-            await _heartbeat(app, hub)
-
-
-async def _heartbeat(app: web.Application, hub: Hub) -> None:
-    depth = total = 0
-    for n, conn in enumerate(list(hub.connections.values()), 1):
-        depth = max(depth, len(conn.queue))
-        subs = {sid: _heartbeat_position(app, sub) for sid, sub in conn.subs.items() if sub.mode == "live"}
-        conn.send({"type": "heartbeat", "time": time.time(), "subs": subs})
-        sent, conn.messages_out = conn.messages_out, 0
-        if sent:
-            total += sent
-            await usage.count_messages(app, conn.principal, sent)
-        if n % HEARTBEAT_SLICE == 0:
-            # Thousands of heartbeats in one go would hold the stream back; let updates through between.
-            await asyncio.sleep(0)
-    # Counted here, not per message: a Prometheus counter takes a lock on every increment.
-    metrics.MESSAGES_OUT.inc(total)
-    metrics.QUEUE_DEPTH.set(depth)
-
-
-def _heartbeat_position(app: web.Application, sub: Subscription) -> str:
-    """Where the client resumes if it reconnects now: everything before it was delivered or filtered out."""
-    if sub.conflated:
-        return sub.sent_pos
-    return encode_position(app[REPLICA].view(sub.channel, sub.delayed).position)
 
 
 async def stream_handler(request: web.Request) -> web.WebSocketResponse:
