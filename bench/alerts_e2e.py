@@ -19,13 +19,12 @@ from typing import Any
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.alerts_workload import Event, EventClock, Universe
 from pipeline.alerting.rules import Rule
 from pipeline.records import iso
 from pipeline.settings import Settings
-from pipeline.topics import ensure_topics, topic_name
+from pipeline.topics import delete_topics_containing, ensure_topics, topic_name
 
 __all__ = ["end_to_end"]
 
@@ -291,15 +290,7 @@ async def _latency(
 
 
 async def _delete_topics(bootstrap: str, marker: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = sorted(n for n in await admin.list_topics() if marker in n)
-        for start in range(0, len(names), 50):
-            await admin.delete_topics(names[start : start + 50])
-        return len(names)
-    finally:
-        await admin.close()
+    return len(await delete_topics_containing(bootstrap, [marker]))
 
 
 async def end_to_end(universe: Universe, rules: list[Rule], args: Any, log: Log) -> dict[str, Any]:

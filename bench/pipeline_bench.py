@@ -50,7 +50,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from bench.common import BASE_DATASETS, Aggregator, InputRecord, input_records, settings_env
 from pipeline.records import RawPrice, RawTvl, iso
 from pipeline.settings import Settings
-from pipeline.topics import ensure_topics, topic_name, topic_specs
+from pipeline.topics import delete_topics_containing, ensure_topics, topic_name, topic_specs
 from pipeline.tvl import tvl_key
 from pipeline.validation import Rejected, parse_record
 
@@ -139,15 +139,7 @@ async def create_topics(bootstrap: str, names: list[str], like: dict[str, str], 
 
 async def delete_topics(bootstrap: str, marker: str) -> list[str]:
     """Delete every topic whose name contains ``marker`` (our run's tag): ours, faust's and Quix's."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = sorted(n for n in await admin.list_topics() if marker in n)
-        for start in range(0, len(names), 50):
-            await admin.delete_topics(names[start : start + 50])
-        return names
-    finally:
-        await admin.close()
+    return await delete_topics_containing(bootstrap, [marker])
 
 
 async def changelog_records(bootstrap: str, marker: str) -> dict[str, int]:

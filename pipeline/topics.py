@@ -8,6 +8,7 @@ auto-creation is off, so a typo in a topic name fails loudly instead of creating
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -15,7 +16,14 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from pipeline.settings import Settings
 
-__all__ = ["TopicSpec", "topic_specs", "topic_name", "ensure_topics", "RAW_SOURCES"]
+__all__ = [
+    "TopicSpec",
+    "topic_specs",
+    "topic_name",
+    "ensure_topics",
+    "delete_topics_containing",
+    "RAW_SOURCES",
+]
 
 log = logging.getLogger(__name__)
 
@@ -135,5 +143,23 @@ async def ensure_topics(settings: Settings) -> list[str]:
                 pass
             log.info("created topics %s", [t.name for t in missing])
         return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+async def delete_topics_containing(bootstrap: str, markers: Iterable[str]) -> list[str]:
+    """Delete every topic whose name contains one of ``markers`` (a run's tag: its prefixed topics and the
+    app's own changelog and repartition topics); returns the names. For benchmarks and tests, whose
+    topics would otherwise pile up on the broker until it runs out of file descriptors."""
+    wanted = [marker for marker in markers if marker]
+    if not wanted:
+        return []
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="llamastream-cleanup")
+    await admin.start()
+    try:
+        names = sorted(n for n in await admin.list_topics() if any(marker in n for marker in wanted))
+        for start in range(0, len(names), 50):
+            await admin.delete_topics(names[start : start + 50])
+        return names
     finally:
         await admin.close()

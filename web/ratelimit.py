@@ -18,6 +18,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from web.keys import INSTANCE_ID, REDIS, SETTINGS
+from web.periodic import every
 from web.principal import Principal
 
 __all__ = [
@@ -316,8 +317,14 @@ async def _limits_ctx(app: web.Application) -> AsyncIterator[None]:
     limits.gcra = redis.register_script(_GCRA)
     limits.acquire = redis.register_script(_ACQUIRE)
     limits.refresh = redis.register_script(_REFRESH)
-    refresher = asyncio.create_task(_refresh_forever(app), name="connection-slot-refresher")
-    releaser = asyncio.create_task(_release_forever(app), name="connection-slot-releaser")
+    refresher = asyncio.create_task(
+        every(SLOT_REFRESH_S, lambda: refresh_connections(app), "renewing WebSocket connection slots"),
+        name="connection-slot-refresher",
+    )
+    releaser = asyncio.create_task(
+        every(RELEASE_RETRY_S, lambda: release_pending(app), "releasing WebSocket connection slots"),
+        name="connection-slot-releaser",
+    )
     yield
     for task in (refresher, releaser):
         task.cancel()
@@ -331,24 +338,6 @@ async def _limits_ctx(app: web.Application) -> AsyncIterator[None]:
             pipe.zrem(key, *members)
         await limits.guarded("connections", pipe.execute)
         limits.slots.clear()
-
-
-async def _refresh_forever(app: web.Application) -> None:
-    while True:
-        await asyncio.sleep(SLOT_REFRESH_S)
-        try:
-            await refresh_connections(app)
-        except Exception:  # the refresher must outlive any one failure, or every slot would expire
-            log.exception("renewing WebSocket connection slots failed")
-
-
-async def _release_forever(app: web.Application) -> None:
-    while True:
-        await asyncio.sleep(RELEASE_RETRY_S)
-        try:
-            await release_pending(app)
-        except Exception:  # keep retrying through any one failure
-            log.exception("releasing WebSocket connection slots failed")
 
 
 async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -18,6 +15,7 @@ from pipeline.storage.history import read_history
 from web import defillama, openapi
 from web.errors import ApiError
 from web.keys import ENGINE, PRINCIPAL, REPLICA, SETTINGS
+from web.list_bodies import LIST_REUSE_S, ListBody, send_list
 from web.openapi import Operation, Param
 from web.principal import Principal
 from web.state import ChannelState
@@ -35,7 +33,6 @@ __all__ = [
     "Pool",
     "PoolsResponse",
     "ROUTES",
-    "accepts_gzip",
     "setup",
 ]
 
@@ -146,33 +143,7 @@ def _json(body: Any) -> web.Response:
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
-# Full lists take tens of milliseconds to build (6,000+ protocols): one body serves every caller of the same
-# view while it is unchanged, and for at most LIST_REUSE_S while it changes (a stream never pauses).
-LIST_REUSE_S = 1.0
-# Compressed once per body, on first demand: level 1 is 5x smaller than the JSON at a fifth of level 6's cost.
-GZIP_LEVEL = 1
-
-
-@dataclass
-class _Body:
-    """One serialised full list, its ETag and (made on first demand) its gzip encoding."""
-
-    version: tuple[int, int, int]
-    built_at: float
-    raw: bytes
-    etag: str = ""
-    gzipped: bytes | None = None
-
-    def __post_init__(self) -> None:
-        self.etag = '"' + hashlib.blake2b(self.raw, digest_size=12).hexdigest() + '"'
-
-    def gzip(self) -> bytes:
-        if self.gzipped is None:
-            self.gzipped = gzip.compress(self.raw, compresslevel=GZIP_LEVEL, mtime=0)
-        return self.gzipped
-
-
-_LISTS = web.AppKey("defillama_lists", dict[tuple[str, int], _Body])
+_LISTS = web.AppKey("defillama_lists", dict[tuple[str, int], ListBody])
 
 
 def _list(
@@ -185,49 +156,8 @@ def _list(
     key = (name, id(state))
     cached, now = request.app[_LISTS].get(key), time.monotonic()
     if cached is None or (cached.version != version and now - cached.built_at >= LIST_REUSE_S):
-        cached = request.app[_LISTS][key] = _Body(version, now, orjson.dumps(build(state)))
-    return _send(request, cached)
-
-
-def _send(request: web.Request, body: _Body) -> web.Response:
-    """The body as the client accepts it: 304 when it has it already, gzip when it takes gzip."""
-    headers = {"Vary": "Accept-Encoding"}
-    gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
-    # One ETag per encoding (a strong validator names exact bytes); a client may send either back.
-    etag = body.etag[:-1] + '-gzip"' if gzipped else body.etag
-    headers["ETag"] = etag
-    if _matches(request.headers.get("If-None-Match"), body.etag):
-        return web.Response(status=304, headers=headers)
-    if gzipped:
-        headers["Content-Encoding"] = "gzip"
-        return web.Response(body=body.gzip(), content_type="application/json", headers=headers)
-    return web.Response(body=body.raw, content_type="application/json", headers=headers)
-
-
-def accepts_gzip(accept_encoding: str) -> bool:
-    """Whether an Accept-Encoding header allows gzip (named, or ``*``, without q=0)."""
-    allowed: dict[str, bool] = {}
-    for item in accept_encoding.lower().split(","):
-        coding, _, params = item.strip().partition(";")
-        quality = params.replace(" ", "").removeprefix("q=")
-        try:
-            allowed[coding.strip()] = not params or float(quality) > 0
-        except ValueError:
-            allowed[coding.strip()] = True
-    return allowed.get("gzip", allowed.get("x-gzip", allowed.get("*", False)))
-
-
-def _matches(if_none_match: str | None, etag: str) -> bool:
-    if not if_none_match:
-        return False
-    if if_none_match.strip() == "*":
-        return True
-    bare = etag.strip('"')
-    for tag in if_none_match.split(","):
-        value = tag.strip().removeprefix("W/").strip('"')
-        if value in (bare, bare + "-gzip"):
-            return True
-    return False
+        cached = request.app[_LISTS][key] = ListBody(version, now, orjson.dumps(build(state)))
+    return send_list(request, cached)
 
 
 def _view(request: web.Request, channel: str) -> ChannelState:

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from web.errors import ApiError
 from web.keys import PRINCIPAL, REDIS, SETTINGS
+from web.periodic import every
 from web.principal import Principal
 
 __all__ = ["count_request", "count_messages", "flush", "usage_key", "setup", "DAYS_REPORTED"]
@@ -136,18 +137,11 @@ def setup(app: web.Application) -> None:
 
 
 async def _flusher(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(_flush_forever(app), name="usage-flusher")
+    task = asyncio.create_task(
+        every(FLUSH_EVERY_S, lambda: flush(app), "flushing usage counts"), name="usage-flusher"
+    )
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
     await flush(app)
-
-
-async def _flush_forever(app: web.Application) -> None:
-    while True:
-        await asyncio.sleep(FLUSH_EVERY_S)
-        try:
-            await flush(app)
-        except Exception:  # keep counting through any one failure
-            log.exception("flushing usage counts failed")

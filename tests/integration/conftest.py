@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
+from pipeline.topics import delete_topics_containing, ensure_topics
 from tests.integration.support import (  # noqa: F401  (re-exported for test modules)
     Message,
     WorkerProcess,
@@ -22,10 +23,22 @@ from tests.integration.support import (  # noqa: F401  (re-exported for test mod
     wait_processed,
 )
 
+# The tags of this session's topics: deleted when the session ends. Left behind, every run added a few
+# thousand partitions to the local broker until it ran out of file descriptors and stopped.
+_TAGS: list[str] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_this_sessions_topics() -> Iterator[None]:
+    yield
+    if _TAGS:
+        asyncio.run(delete_topics_containing(Settings().kafka_bootstrap, _TAGS))
+
 
 def unique_settings() -> Settings:
     """Settings whose topics and consumer group belong to one test (or one run within a test) alone."""
     tag = uuid.uuid4().hex[:10]
+    _TAGS.append(tag)
     return Settings(
         topic_prefix=f"t{tag}.",
         app_id=f"llamastream-test-{tag}",
