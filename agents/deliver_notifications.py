@@ -12,6 +12,7 @@ from typing import cast
 
 import faust
 from faust.streams import Stream
+from faust.types import EventT
 from mode import Service
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -19,6 +20,7 @@ from pipeline.alerting.messages import AlertTransition
 from pipeline.alerting.notifier import TRANSITIONS, Notifier
 from pipeline.alerting.transitions import TransitionError, parse_transition
 from pipeline.app import app, settings, topic
+from pipeline.dlq import reject
 from pipeline.topics import topic_name
 
 __all__ = ["deliver_notifications", "NotificationLoops", "notifier", "BATCH_MAX", "BATCH_WITHIN_S"]
@@ -50,17 +52,22 @@ async def deliver_notifications(stream: faust.StreamT[bytes]) -> None:
     # raises (it waits out outages), because a generator closed by an exception would ack the batch.
     batches = cast(Stream[bytes], stream).take_events(BATCH_MAX, within=BATCH_WITHIN_S)
     async for events in batches:
-        transitions: list[AlertTransition] = []
+        read: list[tuple[EventT[bytes], AlertTransition]] = []
         for event in events:
             try:
-                transitions.append(parse_transition(event.message.value))
+                read.append((event, parse_transition(event.message.value)))
             except TransitionError as err:
                 message = event.message
                 log.error(
                     "alerts.triggered %s:%s is not a transition: %s", message.partition, message.offset, err
                 )
                 TRANSITIONS.labels("invalid").inc()
-        await notifier.record(transitions)
+                await reject(event, "alerts", f"not a transition: {err}")
+        failed = await notifier.record([transition for _, transition in read])
+        # Kept, not lost: what could not be stored goes to dlq.alerts with the reason, to be replayed.
+        for event, transition in read:
+            if any(transition is bad for bad in failed):
+                await reject(event, "alerts", "could not be stored in the alert history (see the worker log)")
 
 
 @app.service

@@ -23,6 +23,7 @@ __all__ = [
     "ensure_topics",
     "delete_topics_containing",
     "RAW_SOURCES",
+    "DLQ_SOURCES",
 ]
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 HOUR_MS = 3600 * 1000
 # The raw sources; each has a DLQ topic named ``dlq.<source>``.
 RAW_SOURCES = ("tvl", "prices", "yields", "chain")
+# Besides them, ``dlq.alerts`` keeps the alert transitions the notifier could not read or store.
+DLQ_SOURCES = (*RAW_SOURCES, "alerts")
 
 
 @dataclass(frozen=True)
@@ -105,10 +108,10 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
         TopicSpec(
             f"dlq.{source}",
             "the rejected record's key",
-            "rejected raw records: original bytes, reason and source offset in headers",
+            "rejected records: original bytes, reason and source offset in headers",
             retention_hours=settings.dlq_retention_hours,
         )
-        for source in RAW_SOURCES
+        for source in DLQ_SOURCES
     ]
     return {spec.name: spec for spec in specs}
 

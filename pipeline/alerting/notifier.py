@@ -80,22 +80,24 @@ class Notifier:
             await self._engine.dispose()
         self._engine = self._deliverer = None
 
-    async def record(self, transitions: Sequence[AlertTransition]) -> None:
+    async def record(self, transitions: Sequence[AlertTransition]) -> list[AlertTransition]:
         """Fold a batch of transitions into the outbox in one transaction; waits out database outages (the
         batch stays unacked meanwhile). A batch that keeps failing for another reason is retried one
-        transition at a time, so one bad transition is skipped alone rather than with its batch."""
+        transition at a time, so that one bad transition fails alone rather than with its batch. Returns
+        the transitions that could not be stored (the caller dead-letters them)."""
         if not transitions:
-            return
+            return []
         recorded = await self._record(transitions)
         if recorded is None and len(transitions) > 1:
             log.warning("a batch of %d alert transitions failed; storing them one by one", len(transitions))
+            failed: list[AlertTransition] = []
             for transition in transitions:
-                await self.record([transition])
-            return
+                failed += await self.record([transition])
+            return failed
         if recorded is None:
-            log.error("alert transition %s could not be stored; skipped", transitions[0]["source"])
+            log.error("alert transition %s could not be stored", transitions[0]["source"])
             TRANSITIONS.labels("failed").inc()
-            return
+            return list(transitions)
         if recorded.duplicates:
             log.info("%d alert transitions were stored before (redelivered); skipped", recorded.duplicates)
         counts = {"duplicate": recorded.duplicates, "scheduled": recorded.scheduled}
@@ -107,6 +109,7 @@ class Notifier:
         due = recorded.next_flush_at
         if due is not None and (due - _now()).total_seconds() < POLL_S:
             self.groups_due.set()  # later ones: the dispatcher's next poll sees them in time
+        return []
 
     async def _record(self, transitions: Sequence[AlertTransition]) -> BatchRecorded | None:
         """The batch's outcome, or None when it failed RETRY_DEADLOCK times for a reason other than
