@@ -7,10 +7,12 @@ auto-creation is off, so a typo in a topic name fails loudly instead of creating
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -22,6 +24,7 @@ __all__ = [
     "topic_name",
     "ensure_topics",
     "delete_topics_containing",
+    "partition_ids",
     "RAW_SOURCES",
     "DLQ_SOURCES",
 ]
@@ -166,3 +169,16 @@ async def delete_topics_containing(bootstrap: str, markers: Iterable[str]) -> li
         return names
     finally:
         await admin.close()
+
+
+async def partition_ids(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The partition ids of a topic, for a consumer that assigns partitions itself (no group). Waits up to
+    ~10 s for metadata: the worker or a replay may be creating the topic right now."""
+    for _ in range(100):
+        ids = consumer.partitions_for_topic(topic)
+        if ids:
+            return set(ids)
+        consumer._client.add_topic(topic)  # noqa: SLF001  (aiokafka has no public "fetch metadata of")
+        await consumer._client.force_metadata_update()  # noqa: SLF001
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"topic {topic!r} does not exist; start the worker (it creates the topics) first")

@@ -16,10 +16,9 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from pipeline.settings import Settings
-from pipeline.topics import topic_name
+from pipeline.topics import partition_ids, topic_name
 from web.hub import Hub
 from web.keys import SETTINGS
-from web.replica import _partitions_of
 from web.stream import HUB
 
 __all__ = ["setup", "AlertNotices", "alert_message"]
@@ -52,7 +51,7 @@ class AlertNotices:
         )
         await consumer.start()
         self._consumer = consumer
-        partitions = [TopicPartition(topic, p) for p in sorted(await _partitions_of(consumer, topic))]
+        partitions = [TopicPartition(topic, p) for p in sorted(await partition_ids(consumer, topic))]
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
         for tp in partitions:

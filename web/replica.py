@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from pipeline.channels import CHANNELS, Channel
 from pipeline.settings import Settings
-from pipeline.topics import ensure_topics, topic_name
+from pipeline.topics import ensure_topics, partition_ids, topic_name
 from web.delay_line import DelayLine
 from web.state import ChannelState, Update
 
@@ -119,7 +119,7 @@ class Replica:
 
     async def _load_meta(self, consumer: AIOKafkaConsumer) -> None:
         """Reads protocol metadata to its end first, so TVL rows are joined with it as they arrive."""
-        ids = await _partitions_of(consumer, self._meta_topic)
+        ids = await partition_ids(consumer, self._meta_topic)
         partitions = [TopicPartition(self._meta_topic, p) for p in ids]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
@@ -132,9 +132,9 @@ class Replica:
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         partitions: list[TopicPartition] = []
         for topic in self._channels_by_topic:
-            ids = await _partitions_of(consumer, topic)
+            ids = await partition_ids(consumer, topic)
             partitions += [TopicPartition(topic, p) for p in ids]
-        meta = [TopicPartition(self._meta_topic, p) for p in await _partitions_of(consumer, self._meta_topic)]
+        meta = [TopicPartition(self._meta_topic, p) for p in await partition_ids(consumer, self._meta_topic)]
         consumer.assign(partitions + meta)
         await consumer.seek_to_beginning(*partitions)
         for tp in meta:
@@ -267,15 +267,3 @@ class Replica:
 
     def _reached_end(self) -> bool:
         return all(self._position_of(tp) >= end for tp, end in self.end_offsets.items())
-
-
-async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    """The partition ids of a topic; waits for metadata (the worker or replay may be creating it)."""
-    for _ in range(100):
-        ids = consumer.partitions_for_topic(topic)
-        if ids:
-            return set(ids)
-        consumer._client.add_topic(topic)  # noqa: SLF001  (aiokafka has no public "fetch metadata of")
-        await consumer._client.force_metadata_update()  # noqa: SLF001
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"topic {topic!r} does not exist; start the worker (it creates the topics) first")

@@ -27,9 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pipeline.settings import Settings
 from pipeline.storage.alert_rules import live_rule_ids, rule_of, with_locked_rules
 from pipeline.storage.models import AlertRule
-from pipeline.topics import ensure_topics, topic_name
+from pipeline.topics import ensure_topics, partition_ids, topic_name
 from web.keys import ENGINE, SETTINGS
-from web.replica import _partitions_of
 
 __all__ = [
     "RULES_TOPIC",
@@ -212,7 +211,7 @@ class RulePublisher:
         )
         await consumer.start()
         try:
-            partitions = [TopicPartition(self.topic, p) for p in await _partitions_of(consumer, self.topic)]
+            partitions = [TopicPartition(self.topic, p) for p in await partition_ids(consumer, self.topic)]
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             ends = await consumer.end_offsets(partitions)

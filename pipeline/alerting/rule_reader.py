@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from pipeline.alerting.rule_book import RuleBook
 from pipeline.settings import Settings
-from pipeline.topics import topic_name
+from pipeline.topics import partition_ids, topic_name
 
 __all__ = ["RuleFeed"]
 
@@ -50,7 +50,7 @@ class RuleFeed:
         await consumer.start()
         self._consumer = consumer
         partitions = [
-            TopicPartition(t, p) for t in (self._rules, self._meta) for p in await _ids(consumer, t)
+            TopicPartition(t, p) for t in (self._rules, self._meta) for p in await partition_ids(consumer, t)
         ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
@@ -109,15 +109,3 @@ class RuleFeed:
                 "alert rules loaded: %d rules, %d protocol categories", len(self.book), len(self.categories)
             )
             self.ready.set()
-
-
-async def _ids(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    """Partition ids of a topic, waiting briefly for metadata (the worker creates topics at start)."""
-    for _ in range(100):
-        ids = consumer.partitions_for_topic(topic)
-        if ids:
-            return set(ids)
-        consumer._client.add_topic(topic)  # noqa: SLF001  (aiokafka has no public "fetch metadata of")
-        await consumer._client.force_metadata_update()  # noqa: SLF001
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"topic {topic!r} does not exist; the worker creates it at start (ensure_topics)")
