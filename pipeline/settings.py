@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     history_writer: bool = Field(True, description="this sidecar writes hourly/daily rollups to SQL")
 
     # Alerts (pipeline/alerting, agents/evaluate_alerts.py, agents/deliver_notifications.py).
+    alert_batch_max: int = Field(
+        200, ge=1, le=10_000, description="most derived rows the alert evaluator takes in one batch"
+    )
+    alert_batch_within_s: float = Field(
+        0.005, gt=0, le=1, description="longest a row waits for others to fill the evaluator's batch"
+    )
     alerts_retention_hours: int = Field(
         24 * 30,
         ge=1,

@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline.alerting.conditions import Sample, Verdict, evaluate
 from pipeline.alerting.instance import Instance, age_out, close, is_silent, step
@@ -28,10 +28,22 @@ from pipeline.alerting.rule_book import CompiledRule, RuleBook
 from pipeline.alerting.trailing import Need, Trail, evidence
 from pipeline.alerting.transition import Position, build_transition
 
-__all__ = ["Engine", "Outcome", "apply_writes", "parse_time", "metric_value"]
+__all__ = ["Engine", "Outcome", "StateView", "apply_writes", "parse_time", "metric_value"]
 
 Store = MutableMapping[str, Any]
+
+
+class StateView(Protocol):
+    """What the engine reads of the state: a dict, the faust table, or a batch's view of the table
+    (pipeline/alerting/batch_writes.py)."""
+
+    def get(self, key: str, /) -> Any: ...
+
+    def items(self) -> Iterable[tuple[str, Any]]: ...
+
+
 NORMAL = Instance()  # immutable: shared by every instance that is not stored
+NEEDS_KEPT = 50_000  # distinct matched-rule sets remembered (about one per series)
 
 
 @dataclass
@@ -92,7 +104,7 @@ def _instance_key(rule_id: str, series: str) -> str:
 class _View:
     """Reads through the writes not yet applied."""
 
-    def __init__(self, store: Mapping[str, Any], writes: dict[str, Any]) -> None:
+    def __init__(self, store: StateView, writes: dict[str, Any]) -> None:
         self.store = store
         self.writes = writes
 
@@ -111,6 +123,10 @@ class Engine:
         self.book = book
         self.origin = origin
         self.partitions: dict[int, PartitionState] = {}
+        # The history needs of a set of matched rules, per rule book generation: rows of one series match
+        # the same rules row after row, and working the needs out costs as much as a rule's evaluation.
+        self._needs: dict[tuple[str, ...], dict[str, Need]] = {}
+        self._needs_generation = -1
 
     def stream_of(self, channel: str, row: Mapping[str, Any]) -> str:
         return f"{channel}@{self.origin(channel, row)}" if self.origin is not None else channel
@@ -121,7 +137,7 @@ class Engine:
             self.partitions.pop(partition, None)
 
     def process(
-        self, store: Store, channel: str, series: str, row: Mapping[str, Any], position: Position
+        self, store: StateView, channel: str, series: str, row: Mapping[str, Any], position: Position
     ) -> Outcome:
         key = SERIES_PREFIX + series
         record: dict[str, Any] | None = store.get(key)
@@ -138,7 +154,7 @@ class Engine:
         open_ids = set(record.get("open", ())) if record else set()
         matched = self.book.match(channel, row)
         out.evaluated = len(matched)
-        needs = _needs(matched)
+        needs = self._needs_of(matched)
         stored = record.get("trails", {}) if record else {}
         trails = {metric: Trail.from_json(stored.get(metric)) for metric in needs}
         values = {metric: metric_value(row, metric) for metric in needs}
@@ -191,7 +207,17 @@ class Engine:
             part.push_deadline(stream, as_of + min(waits), series, as_of)
         return out
 
-    def _partition(self, store: Store, partition: int) -> PartitionState:
+    def _needs_of(self, matched: list[CompiledRule]) -> dict[str, Need]:
+        if self._needs_generation != self.book.generation or len(self._needs) >= NEEDS_KEPT:
+            self._needs.clear()
+            self._needs_generation = self.book.generation
+        key = tuple([rule.id for rule in matched])
+        needs = self._needs.get(key)
+        if needs is None:
+            needs = self._needs[key] = _needs(matched)
+        return needs
+
+    def _partition(self, store: StateView, partition: int) -> PartitionState:
         part = self.partitions.get(partition)
         if part is None:
             part = PartitionState.rebuild(partition, store.items(), self.stream_of)
