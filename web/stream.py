@@ -120,7 +120,7 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
         await ratelimit.release_connection(app, principal, conn.id)
         if conn.messages_out:
             metrics.MESSAGES_OUT.inc(conn.messages_out)
-            await usage.count_messages(app, principal, conn.messages_out)
+            usage.count_messages(app, principal, conn.messages_out)
     return ws
 
 

@@ -65,7 +65,7 @@ async def count_request(app: web.Application, principal: Principal) -> None:
         app[PENDING].counts[(principal.key_id, _today())]["requests"] += 1
 
 
-async def count_messages(app: web.Application, principal: Principal, n: int) -> None:
+def count_messages(app: web.Application, principal: Principal, n: int) -> None:
     """Count ``n`` messages sent to a key's WebSocket connections; cheap enough to call per send."""
     if principal.key_id is not None and n > 0:
         app[PENDING].counts[(principal.key_id, _today())]["messages"] += n
