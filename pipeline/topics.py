@@ -153,17 +153,30 @@ async def ensure_topics(settings: Settings) -> list[str]:
         await admin.close()
 
 
+MIN_MARKER = 6
+
+
 async def delete_topics_containing(bootstrap: str, markers: Iterable[str]) -> list[str]:
     """Delete every topic whose name contains one of ``markers`` (a run's tag: its prefixed topics and the
     app's own changelog and repartition topics); returns the names. For benchmarks and tests, whose
-    topics would otherwise pile up on the broker until it runs out of file descriptors."""
-    wanted = [marker for marker in markers if marker]
+    topics would otherwise pile up on the broker until it runs out of file descriptors.
+
+    A marker is a whole tag: a lone string is one marker, not its characters, and a marker shorter than
+    ``MIN_MARKER`` is refused (``"b"`` would take most of the broker with it). Kafka's internal topics
+    (``__consumer_offsets``) are never deleted."""
+    wanted = [markers] if isinstance(markers, str) else [marker for marker in markers if marker]
+    if any(len(marker) < MIN_MARKER for marker in wanted):
+        raise ValueError(f"topic markers must be at least {MIN_MARKER} characters: {wanted!r}")
     if not wanted:
         return []
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="llamastream-cleanup")
     await admin.start()
     try:
-        names = sorted(n for n in await admin.list_topics() if any(marker in n for marker in wanted))
+        names = sorted(
+            n
+            for n in await admin.list_topics()
+            if not n.startswith("__") and any(marker in n for marker in wanted)
+        )
         for start in range(0, len(names), 50):
             await admin.delete_topics(names[start : start + 50])
         return names
