@@ -20,6 +20,8 @@ __all__ = [
     "epoch_s",
     "group_protocols",
     "protocols_list",
+    "protocol_entry",
+    "list_order",
     "find_protocol",
     "history_points",
     "protocol_detail",
@@ -95,33 +97,42 @@ def protocols_list(
     rows: Iterable[Mapping[str, Any]], metadata: Mapping[str, Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
     """``GET /protocols``: every protocol with a total row, largest TVL first."""
-    out: list[dict[str, Any]] = []
-    for name, group in group_protocols(rows).items():
-        total = group.total
-        if total is None:
-            # A protocol's TVL is the source's own total, never a sum of its chains (see docs/topics.md).
-            continue
-        meta = metadata.get(name) or {}
-        chain_tvls = {chain: float(row["tvl_usd"]) for chain, row in group.chains.items()}
-        out.append(
-            {
-                "name": name,
-                "slug": protocol_slug(name, meta),
-                "symbol": _text(meta, "symbol"),
-                "url": _text(meta, "url"),
-                "category": _category(meta, total),
-                "chains": _chains(meta, chain_tvls),
-                "tvl": float(total["tvl_usd"]),
-                "chainTvls": chain_tvls,
-                "change_1h": total.get("change_1h_pct"),
-                "change_1d": total.get("change_1d_pct"),
-                "change_7d": total.get("change_7d_pct"),
-                "as_of": total["as_of"],
-                "stale": bool(total.get("stale", False)),
-            }
-        )
-    out.sort(key=lambda p: (-p["tvl"], p["name"]))
+    out = [
+        protocol_entry(name, group, metadata.get(name))
+        for name, group in group_protocols(rows).items()
+        # A protocol's TVL is the source's own total, never a sum of its chains (see docs/topics.md).
+        if group.total is not None
+    ]
+    out.sort(key=list_order)
     return out
+
+
+def protocol_entry(name: str, group: ProtocolRows, meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One protocol of ``/protocols`` (``group.total`` must be set)."""
+    total = group.total
+    assert total is not None
+    meta = meta or {}
+    chain_tvls = {chain: float(row["tvl_usd"]) for chain, row in group.chains.items()}
+    return {
+        "name": name,
+        "slug": protocol_slug(name, meta),
+        "symbol": _text(meta, "symbol"),
+        "url": _text(meta, "url"),
+        "category": _category(meta, total),
+        "chains": _chains(meta, chain_tvls),
+        "tvl": float(total["tvl_usd"]),
+        "chainTvls": chain_tvls,
+        "change_1h": total.get("change_1h_pct"),
+        "change_1d": total.get("change_1d_pct"),
+        "change_7d": total.get("change_7d_pct"),
+        "as_of": total["as_of"],
+        "stale": bool(total.get("stale", False)),
+    }
+
+
+def list_order(entry: Mapping[str, Any]) -> tuple[float, str]:
+    """``/protocols``' order: largest TVL first, then by name."""
+    return (-entry["tvl"], entry["name"])
 
 
 def find_protocol(

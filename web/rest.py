@@ -18,6 +18,7 @@ from web.keys import ENGINE, PRINCIPAL, REPLICA, SETTINGS
 from web.list_bodies import LIST_REUSE_S, ListBody, send_list
 from web.openapi import Operation, Param
 from web.principal import Principal
+from web.protocols_body import ProtocolsBody
 from web.state import ChannelState
 
 __all__ = [
@@ -144,10 +145,12 @@ def _json(body: Any) -> web.Response:
 
 
 _LISTS = web.AppKey("defillama_lists", dict[tuple[str, int], ListBody])
+# /protocols' fragments, per view (live, delayed): see web/protocols_body.py.
+_PROTOCOL_BODIES = web.AppKey("protocol_bodies", dict[int, ProtocolsBody])
 
 
-def _list(
-    request: web.Request, name: str, channel: str, build: Callable[[ChannelState], Any]
+async def _list(
+    request: web.Request, name: str, channel: str, serialise: Callable[[ChannelState], bytes]
 ) -> web.Response:
     state = _view(request, channel)
     meta = request.app[REPLICA].protocols
@@ -156,8 +159,8 @@ def _list(
     key = (name, id(state))
     cached, now = request.app[_LISTS].get(key), time.monotonic()
     if cached is None or (cached.version != version and now - cached.built_at >= LIST_REUSE_S):
-        cached = request.app[_LISTS][key] = ListBody(version, now, orjson.dumps(build(state)))
-    return send_list(request, cached)
+        cached = request.app[_LISTS][key] = ListBody(version, now, serialise(state))
+    return await send_list(request, cached)
 
 
 def _view(request: web.Request, channel: str) -> ChannelState:
@@ -168,7 +171,12 @@ def _view(request: web.Request, channel: str) -> ChannelState:
 
 async def protocols(request: web.Request) -> web.Response:
     meta = request.app[REPLICA].protocols
-    return _list(request, "protocols", "tvl", lambda state: defillama.protocols_list(state.current(), meta))
+    bodies = request.app[_PROTOCOL_BODIES]
+
+    def serialise(state: ChannelState) -> bytes:
+        return bodies.setdefault(id(state), ProtocolsBody()).build(state.current(), meta)
+
+    return await _list(request, "protocols", "tvl", serialise)
 
 
 async def protocol(request: web.Request) -> web.Response:
@@ -210,7 +218,9 @@ async def _daily_history(
 
 
 async def chains(request: web.Request) -> web.Response:
-    return _list(request, "chains", "tvl", lambda state: defillama.chains_list(state.current()))
+    return await _list(
+        request, "chains", "tvl", lambda state: orjson.dumps(defillama.chains_list(state.current()))
+    )
 
 
 async def prices_current(request: web.Request) -> web.Response:
@@ -219,7 +229,9 @@ async def prices_current(request: web.Request) -> web.Response:
 
 
 async def pools(request: web.Request) -> web.Response:
-    return _list(request, "pools", "yields", lambda state: defillama.pools_list(state.current()))
+    return await _list(
+        request, "pools", "yields", lambda state: orjson.dumps(defillama.pools_list(state.current()))
+    )
 
 
 _TAG = "DeFiLlama-compatible"
@@ -254,6 +266,7 @@ ROUTES: tuple[Operation, ...] = (
 
 def setup(app: web.Application) -> None:
     app[_LISTS] = {}
+    app[_PROTOCOL_BODIES] = {}
     for op in ROUTES:
         assert op.handler is not None
         app.router.add_route(op.method, op.path, op.handler)
