@@ -88,6 +88,20 @@ def _category(meta: Mapping[str, Any], total: Mapping[str, Any] | None) -> str |
     return str(value) if value else None
 
 
+def _described(
+    name: str, meta: Mapping[str, Any], total: Mapping[str, Any] | None, chain_tvls: Mapping[str, float]
+) -> dict[str, Any]:
+    """The fields ``/protocols`` and ``/protocol/{slug}`` share, first in both."""
+    return {
+        "name": name,
+        "slug": protocol_slug(name, meta),
+        "symbol": _text(meta, "symbol"),
+        "url": _text(meta, "url"),
+        "category": _category(meta, total),
+        "chains": _chains(meta, chain_tvls),
+    }
+
+
 def _text(meta: Mapping[str, Any], name: str) -> str | None:
     value = meta.get(name)
     return str(value) if value else None
@@ -114,12 +128,7 @@ def protocol_entry(name: str, group: ProtocolRows, meta: Mapping[str, Any] | Non
     meta = meta or {}
     chain_tvls = {chain: float(row["tvl_usd"]) for chain, row in group.chains.items()}
     return {
-        "name": name,
-        "slug": protocol_slug(name, meta),
-        "symbol": _text(meta, "symbol"),
-        "url": _text(meta, "url"),
-        "category": _category(meta, total),
-        "chains": _chains(meta, chain_tvls),
+        **_described(name, meta, total, chain_tvls),
         "tvl": float(total["tvl_usd"]),
         "chainTvls": chain_tvls,
         "change_1h": total.get("change_1h_pct"),
@@ -179,12 +188,7 @@ def protocol_detail(
     current = {chain: float(row["tvl_usd"]) for chain, row in group.chains.items()}
     total = group.total
     return {
-        "name": name,
-        "slug": protocol_slug(name, meta),
-        "symbol": _text(meta, "symbol"),
-        "url": _text(meta, "url"),
-        "category": _category(meta, total),
-        "chains": _chains(meta, current),
+        **_described(name, meta, total, current),
         "currentChainTvls": current,
         "tvl": history_points(history.get(None, ()), total),
         "chainTvls": {

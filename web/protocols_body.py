@@ -52,4 +52,3 @@ class ProtocolsBody:
         self._fragments = fragments
         ordered = sorted(fragments.values(), key=lambda fragment: fragment.order)
         return b"[" + b",".join(fragment.json for fragment in ordered) + b"]"
-
