@@ -206,8 +206,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test, ~5 min)")
     parser.add_argument("--skip-e2e", action="store_true", help="only the in-process cost figures")
     parser.add_argument(
-        "--only", choices=("evaluator", "webhook"), help="run one part (the others keep their figures)"
+        "--only",
+        choices=("evaluator", "batching", "webhook"),
+        help="run one part (the others keep their figures)",
     )
+    parser.add_argument("--batching-rounds", type=int, default=2, help="runs of each batch size")
     parser.add_argument("--webhook-rates", default="50,100,200,500,1000,2000,5000", help="events/s ladder")
     parser.add_argument("--webhook-seconds", type=float, default=30, help="length of each ladder step")
     parser.add_argument("--webhook-series", type=int, default=2000, help="series (one rule each)")
@@ -232,12 +235,23 @@ def main(argv: list[str] | None = None) -> None:
         f"universe: {len(universe.protocols)} protocols, {len(universe.chains)} chains,"
         f" {len(universe.series)} series"
     )
-    if args.only == "webhook":
-        results = json.loads(args.output.read_text()) if args.output.exists() else {}
-    else:
-        results = {"started": datetime.now(UTC).isoformat(), "machine": machine()}
+    # One part alone rewrites only its own figures in the results file; a whole run rewrites them all.
+    kept = args.only is not None and args.output.exists()
+    results = json.loads(args.output.read_text()) if kept else {}
+    if args.only in (None, "evaluator"):
+        results.update(started=datetime.now(UTC).isoformat(), machine=machine())
         _evaluator(results, universe, args)
-    if args.only != "evaluator":
+    if args.only in (None, "batching"):
+        from bench.alerts_batching import batching_side_by_side
+
+        batching = asyncio.run(
+            batching_side_by_side(
+                universe, make_rules(universe, args.rules), args.batching_rounds, args.drop_every, log
+            )
+        )
+        batching["started"], batching["machine"] = datetime.fromtimestamp(started, UTC).isoformat(), machine()
+        results["evaluator_batching"] = batching
+    if args.only in (None, "webhook"):
         from bench.alerts_webhook import webhook_latency
 
         webhook = asyncio.run(webhook_latency(universe, args, log))
@@ -246,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         results["to_webhook_receiver"] = webhook
     if "cost_curve" in results:
         results["targets"] = _targets(results, args.rate)
-    if args.only != "webhook":
+    if args.only in (None, "evaluator"):
         results["seconds"] = round(time.time() - started)
         results["machine"]["loadavg_at_end"] = os.getloadavg()
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.alerts_workload import Event, EventClock, Universe
+from bench.pipeline_bench import Profiler, summarise_profile
 from pipeline.alerting.rules import Rule
 from pipeline.records import iso
 from pipeline.settings import Settings
@@ -29,6 +30,7 @@ from pipeline.topics import delete_topics_containing, ensure_topics, topic_name
 __all__ = ["end_to_end"]
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "bench" / "results"
 Log = Callable[[str], None]
 
 
@@ -140,9 +142,10 @@ async def _publish_setup(settings: Settings, universe: Universe, rules: list[Rul
 
 
 async def _throughput(
-    settings: Settings, worker: Worker, events: list[Event], topic: str, log: Log
+    settings: Settings, worker: Worker, events: list[Event], topic: str, log: Log, profile: Path | None = None
 ) -> dict[str, Any]:
-    """Produce every event as fast as possible; the evaluator's rate from its first to its last row."""
+    """Produce every event as fast as possible; the evaluator's rate from its first to its last row (with
+    ``profile``, py-spy samples the worker meanwhile, for at most 60 s)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, max_batch_size=512 * 1024
     )
@@ -160,6 +163,7 @@ async def _throughput(
         samples: list[tuple[float, float, float]] = []
         target = base["llamastream_alert_evaluator_rows_total"] + len(events)
         cpu0 = _cpu_s(worker.proc.pid) if worker.proc else 0.0
+        profiler = Profiler(worker.proc.pid, 60, profile) if profile and worker.proc else None
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
             counts = await worker.counters(session)
@@ -169,6 +173,7 @@ async def _throughput(
                 break
             await asyncio.sleep(0.5)
         cpu = (_cpu_s(worker.proc.pid) if worker.proc else 0.0) - cpu0
+        profiled_s = profiler.finish() if profiler else None
     moving = [s for s in samples if s[1] > base["llamastream_alert_evaluator_rows_total"]]
     first = next((s for s in samples if s[1] > base["llamastream_alert_evaluator_rows_total"]), samples[0])
     last = samples[-1]
@@ -187,6 +192,11 @@ async def _throughput(
         ),
         "samples": len(moving),
         "complete": last[1] >= base["llamastream_alert_evaluator_rows_total"] + len(events),
+        **(
+            {"profile": {"seconds": round(profiled_s or 0.0, 1), **summarise_profile(profile)}}
+            if profile
+            else {}
+        ),
     }
 
 
@@ -293,9 +303,10 @@ async def _delete_topics(bootstrap: str, marker: str) -> int:
     return len(await delete_topics_containing(bootstrap, [marker]))
 
 
-async def end_to_end(universe: Universe, rules: list[Rule], args: Any, log: Log) -> dict[str, Any]:
+def fresh_run(kind: str, **overrides: Any) -> tuple[str, Path, Settings]:
+    """A run's tag, work directory and settings: its own topics, consumer group and worker port."""
     tag = uuid.uuid4().hex[:8]
-    workdir = ROOT / "bench" / ".work" / f"alerts-{tag}"
+    workdir = ROOT / "bench" / ".work" / f"{kind}-{tag}"
     workdir.mkdir(parents=True, exist_ok=True)
     settings = Settings(
         topic_prefix=f"benchalerts{tag}.",
@@ -305,7 +316,13 @@ async def end_to_end(universe: Universe, rules: list[Rule], args: Any, log: Log)
         # The notifier runs in the same worker and records every transition: keep that out of the shared
         # database (it finds none of these rules in SQL, so it notifies nothing).
         database_url=f"sqlite+aiosqlite:///{workdir / 'notify.db'}",
+        **overrides,
     )
+    return tag, workdir, settings
+
+
+async def end_to_end(universe: Universe, rules: list[Rule], args: Any, log: Log) -> dict[str, Any]:
+    tag, workdir, settings = fresh_run("alerts")
     await ensure_topics(settings)
     result: dict[str, Any] = {
         "partitions": settings.topic_partitions,
@@ -331,6 +348,13 @@ async def end_to_end(universe: Universe, rules: list[Rule], args: Any, log: Log)
             settings, worker, list(clock.events(count)), "tvl.updates", log
         )
         result["evaluator_alone"]["settle_s_after"] = await _settle(worker, log)
+        # The same again with py-spy sampling the worker (which slows it: not a figure, a breakdown).
+        profiled = await _throughput(
+            settings, worker, list(clock.events(count // 3)), "tvl.updates", log,
+            RESULTS_DIR / "alerts_evaluator_profile.txt",
+        )  # fmt: skip
+        result["evaluator_alone_profiled"] = profiled
+        profiled["settle_s_after"] = await _settle(worker, log)
         result["raw_to_triggered"] = await _throughput(
             settings, worker, list(clock.events(count // 2)), "raw.tvl", log
         )

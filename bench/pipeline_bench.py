@@ -722,6 +722,11 @@ _PARTS: dict[str, Callable[[str, str], bool]] = {
         lambda f, p: f in ("on_key_set", "on_key_del") and "faust/tables" in p,
     "  derived-topic send: Topic.send": lambda f, p: f == "send" and p.endswith("faust/topics.py"),
     "  prometheus counters": lambda f, p: "prometheus_client" in p,
+    "alert evaluator body: evaluate_alerts": lambda f, p: f == "evaluate_alerts",
+    "  rules: Engine.process (index, conditions, state machine)":
+        lambda f, p: f == "process" and p.endswith("alerting/engine.py"),
+    "  state writes: apply_writes": lambda f, p: f == "apply_writes",
+    "  transitions: TransitionPublisher.publish": lambda f, p: f == "publish" and p.endswith("alerting/publisher.py"),
     "changelog drain: ProducerBuffer._handle_pending (one record per await)":
         lambda f, p: f == "_handle_pending" and p.endswith("faust/transport/producer.py"),
     "changelog backpressure: ProducerBuffer.wait_until_ebb (stream paused)":

@@ -7,6 +7,10 @@ One run, on fresh topics (prefix ``bench<tag>-sc.``), real data and enterprise k
 stream into ``tvl.updates`` at 1,000/s from the start (bench/stream_publisher.py); WebSocket clients run in
 separate processes (bench/ws_clients.py), each connection subscribed to a filter that matches one update a
 second; a step's latency is that of every update sent in its window, send time -> client receive time.
+``--update-order`` says where in each round of the hot keys the 100 subscribed ones come: ``spread``
+(the default: evenly spaced, as when the watched series update independently) or ``bunched`` (all within
+the first tenth of every second, as when a block moves every watched price at once: each second then
+starts with one write per connection in ~100 ms, the harder case for a single process).
   1. memory: RSS of a sidecar before/after N idle connections, then with one subscription each;
   2. the WebSocket path alone (the free tier's delay line off, LLAMA_FREE_TIER_DELAY_S=0): one sidecar,
      connections stepped up; then two sidecars, the connections split evenly, the same counts;
@@ -40,6 +44,7 @@ import orjson
 from bench import sidecar_fixture as fixture
 from bench.common import settings_env
 from bench.pipeline_bench import Processes, delete_topics, log, machine_info
+from bench.sidecar_fixture import UPDATE_ORDERS, publish_order
 from bench.sidecar_ladder import ladder, memory_phase
 from bench.sidecar_phases import ClientFleet, Stream
 from bench.sidecar_queries import compute_costs, query_phase
@@ -100,9 +105,11 @@ async def bench(args: argparse.Namespace, tag: str) -> dict[str, Any]:
         meta = await fixture.publish_replica(settings, rows, data)
         hot = fixture.hot_rows(rows, args.hot_keys)
         filters = [f'protocol == "{row["protocol"]}"' for _, row in hot[: args.filters]]
-        (workdir / "hot.json").write_bytes(orjson.dumps(hot))
+        order = publish_order(len(hot), len(filters), args.update_order)
+        (workdir / "hot.json").write_bytes(orjson.dumps([hot[i] for i in order]))
         results["replica"] = {"tvl_rows": len(rows), "protocols_meta": meta, "hot_keys": len(hot),
-                              "filters": len(filters), "filter_example": filters[0]}  # fmt: skip
+                              "filters": len(filters), "filter_example": filters[0],
+                              "update_order": UPDATE_ORDERS[args.update_order]}  # fmt: skip
         most = max([args.memory_connections, *args.ladder, *args.two_ladder])
         made = await fixture.create_keys(
             settings, f"bench-{tag}", math.ceil(most / PER_KEY) + args.query_keys
@@ -123,7 +130,7 @@ async def bench(args: argparse.Namespace, tag: str) -> dict[str, Any]:
         prober = procs.spawn([*(a.format("kafka_probe") for a in base), "--out", str(probe)],
                              env=env, cwd=workdir, log_path=workdir / "probe.log")  # fmt: skip
         stream_started = time.monotonic()
-        stream = Stream(publisher, stamps, prober, probe, len(hot))
+        stream = Stream(publisher, stamps, prober, probe, order)
         await fleet.start(args.client_procs, env, workdir, workdir)
         ctx = {"fleet": fleet, "args": args, "ws_keys": [secret for _, secret in made[args.query_keys :]],
                "filters": filters, "stream": stream, "workdir": workdir}  # fmt: skip
@@ -206,6 +213,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--update-rate", type=float, default=1000.0, help="updates per second into tvl.updates")
     add("--hot-keys", type=int, default=1000, help="keys the stream updates in turn")
     add("--filters", type=int, default=100, help="distinct subscription filters (one hot key each)")
+    add("--update-order", choices=sorted(UPDATE_ORDERS), default="spread", help="where in each round of"
+        " the hot keys the subscribed ones are updated")  # fmt: skip
     add(
         "--free-tier-delay", type=float, default=Settings().free_tier_delay_s, help="production delay line, s"
     )

@@ -89,6 +89,28 @@ def hot_rows(rows: list[tuple[str, dict[str, Any]]], count: int) -> list[tuple[s
     return totals[:count]
 
 
+UPDATE_ORDERS = {
+    "spread": "the subscribed keys evenly spaced in each round of the hot keys: an update a subscriber "
+    "wants every 1/(rate x subscribed/hot) s, as when subscribed series update independently",
+    "bunched": "the subscribed keys first in each round: every subscriber's update within the first "
+    "subscribed/hot of each second, as when a block updates every watched price at once",
+}
+
+
+def publish_order(hot: int, subscribed: int, how: str) -> list[int]:
+    """The hot keys (by index; the first ``subscribed`` have filters) in the order one round sends them."""
+    if how == "bunched" or subscribed <= 0:
+        return list(range(hot))
+    others = iter(range(subscribed, hot))
+    order: list[int] = []
+    for i in range(subscribed):
+        order.append(i)
+        # Unsubscribed keys up to the next subscribed one's even share of the round.
+        order.extend(next(others) for _ in range((i + 1) * hot // subscribed - i * hot // subscribed - 1))
+    order.extend(others)
+    return order
+
+
 async def publish_replica(settings: Settings, rows: list[tuple[str, dict[str, Any]]], data: Path) -> int:
     """Protocol metadata into ``protocols.meta`` and the rows into ``tvl.updates``; the count of metadata."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, acks="all")

@@ -144,7 +144,7 @@ class Stream:
     stamps: Path
     probe: Any
     probe_out: Path
-    hot_keys: int
+    order: list[int]  # the n-th update sent is of hot key order[n % len(order)] (filter f: hot key f)
 
 
 def _in_window(path: Path, t0: float, t1: float) -> list[tuple[float, float]]:
@@ -185,7 +185,8 @@ async def measure(
     # Expected: for each filter (one hot key each), the updates of its key sent in the window times the
     # connections subscribed to it when the window opened.
     sends = read_stamps(stream.stamps)
-    sent_by_key: Counter[int] = Counter(n % stream.hot_keys for n, s in enumerate(sends) if t0 <= s < t1)
+    order = stream.order
+    sent_by_key: Counter[int] = Counter(order[n % len(order)] for n, s in enumerate(sends) if t0 <= s < t1)
     expected = sum(n * sent_by_key[f] for f, n in live_by_filter.items())
     delivered = len(samples)
     span = t1 - t0
