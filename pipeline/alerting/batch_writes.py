@@ -46,10 +46,6 @@ class BatchWrites(Generic[E]):
             return self.table.get(key, default)
         return default if value is _DELETED else value
 
-    def __contains__(self, key: object) -> bool:
-        value = self._latest.get(key, self) if isinstance(key, str) else self
-        return key in self.table if value is self else value is not _DELETED
-
     def items(self) -> Iterator[tuple[str, Any]]:
         for key, value in self.table.items():
             if key not in self._latest:
@@ -67,9 +63,6 @@ class BatchWrites(Generic[E]):
         self._pending.append((source, writes))
         for key, value in writes.items():
             self._latest[key] = _DELETED if value is None else value
-
-    def __len__(self) -> int:
-        return len(self._pending)
 
     def apply(self) -> None:
         """Make every pending write on the table, row by row in order, and start an empty batch."""

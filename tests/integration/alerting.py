@@ -103,6 +103,21 @@ async def insert_rule(engine: AsyncEngine, owner: str, *, app_id: str, **spec: A
     return rule_id
 
 
+def new_owner() -> str:
+    """An account name no other test uses."""
+    return f"owner-{uuid.uuid4().hex[:10]}"
+
+
+async def webhook_owner(
+    engine: AsyncEngine, url: str, secrets: list[str] | None = None
+) -> tuple[str, str, list[dict[str, Any]]]:
+    """A new owner with one webhook endpoint at ``url``: the owner, the endpoint's id, and the rule
+    channels that name it."""
+    owner = new_owner()
+    endpoint = await insert_endpoint(engine, owner, url, secrets)
+    return owner, endpoint, [{"type": "webhook", "endpoint": endpoint}]
+
+
 async def insert_endpoint(engine: AsyncEngine, owner: str, url: str, secrets: list[str] | None = None) -> str:
     """A webhook endpoint signing with ``secrets`` (newest first; all active); its id."""
     now = datetime.now(UTC)

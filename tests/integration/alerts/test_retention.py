@@ -14,7 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pipeline.alerting.retention import purge_expired
 from pipeline.settings import Settings
 from pipeline.storage.models import AlertEvent, DeliveryAttempt, Notification
-from tests.integration.alerting import eventually, insert_rule, rows
+from tests.integration.alerting import (
+    eventually,
+    insert_rule,
+    new_owner,
+    rows,
+)
 from tests.integration.conftest import unique_settings
 from tests.integration.support import WorkerProcess
 
@@ -92,7 +97,7 @@ async def test_retention_deletes_only_old_finished_rows_of_this_deployment(
     engine: AsyncEngine, settings: Settings
 ) -> None:
     app_id, other_app = settings.app_id, f"{settings.app_id}-other"
-    owner = f"owner-{uuid.uuid4().hex[:10]}"
+    owner = new_owner()
     ours = await insert_rule(engine, owner, app_id=app_id)
     theirs = await insert_rule(engine, owner, app_id=other_app)
 
@@ -142,7 +147,7 @@ async def test_retention_deletes_only_old_finished_rows_of_this_deployment(
 async def test_a_worker_runs_the_retention_periodically(
     engine: AsyncEngine, settings: Settings, ready_worker: WorkerProcess
 ) -> None:
-    owner = f"owner-{uuid.uuid4().hex[:10]}"
+    owner = new_owner()
     rule = await insert_rule(engine, owner, app_id=settings.app_id)
     two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
     old = await _event(engine, owner, rule, two_hours_ago, two_hours_ago)

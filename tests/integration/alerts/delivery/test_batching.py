@@ -25,9 +25,11 @@ from tests.integration.alerting import (
     eventually,
     insert_endpoint,
     insert_rule,
+    new_owner,
     notifications_of,
     rows,
     transition,
+    webhook_owner,
 )
 from tests.integration.support import WorkerProcess, free_port
 
@@ -78,7 +80,7 @@ def _comparable(notifications: list[Any]) -> list[tuple[Any, ...]]:
 async def test_a_batch_writes_what_one_transaction_per_transition_writes(
     engine: AsyncEngine, settings: Settings
 ) -> None:
-    owner = f"owner-{uuid.uuid4().hex[:10]}"
+    owner = new_owner()
     endpoint = await insert_endpoint(engine, owner, "http://127.0.0.1:9/hooks")
     channels = [{"type": "webhook", "endpoint": endpoint}, {"type": "websocket"}]
     common: dict[str, Any] = {"app_id": settings.app_id, "channels": channels, "group_interval": "0s"}
@@ -142,9 +144,7 @@ async def test_sigkill_while_batches_are_stored_loses_and_doubles_nothing(
 ) -> None:
     receiver = await WebhookReceiver(free_port()).start()
     try:
-        owner = f"owner-{uuid.uuid4().hex[:10]}"
-        endpoint = await insert_endpoint(engine, owner, receiver.url)
-        channels = [{"type": "webhook", "endpoint": endpoint}]
+        owner, _, channels = await webhook_owner(engine, receiver.url)
         rules = [
             await insert_rule(
                 engine, owner, app_id=settings.app_id, channels=channels, group_wait="0s", group_by=["chain"]

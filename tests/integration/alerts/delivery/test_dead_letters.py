@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,11 +11,11 @@ from pipeline.topics import topic_name
 from tests.integration.alerting import (
     WebhookReceiver,
     eventually,
-    insert_endpoint,
     insert_rule,
     notifications_of,
     produce_transitions,
     transition,
+    webhook_owner,
 )
 from tests.integration.support import WorkerProcess, free_port, read_topic
 
@@ -31,9 +29,7 @@ async def test_unreadable_transitions_go_to_the_dlq_and_valid_ones_are_delivered
 ) -> None:
     receiver = await WebhookReceiver(free_port()).start()
     try:
-        owner = f"owner-{uuid.uuid4().hex[:10]}"
-        endpoint = await insert_endpoint(engine, owner, receiver.url)
-        channels = [{"type": "webhook", "endpoint": endpoint}]
+        owner, _, channels = await webhook_owner(engine, receiver.url)
         rule = await insert_rule(engine, owner, app_id=settings.app_id, channels=channels, group_wait="0s")
         producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
         await producer.start()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import orjson
@@ -19,10 +18,12 @@ from tests.integration.alerting import (
     eventually,
     insert_endpoint,
     insert_rule,
+    new_owner,
     notifications_of,
     produce_transitions,
     rows,
     transition,
+    webhook_owner,
 )
 from tests.integration.support import WorkerProcess, free_port, read_topic
 
@@ -66,9 +67,7 @@ async def test_failing_endpoint_is_disabled_with_a_notice_and_held_until_enabled
 ) -> None:
     receiver = await WebhookReceiver(free_port(), refuse_first=10**9, refuse_status=500).start()
     try:
-        owner = f"owner-{uuid.uuid4().hex[:10]}"
-        endpoint = await insert_endpoint(engine, owner, receiver.url)
-        channels = [{"type": "webhook", "endpoint": endpoint}]
+        owner, endpoint, channels = await webhook_owner(engine, receiver.url)
         rule = await insert_rule(
             engine, owner, app_id=settings.app_id, channels=channels, group_wait="0s", group_by=["chain"]
         )
@@ -130,7 +129,7 @@ async def test_410_gone_disables_the_endpoint_at_once(
 ) -> None:
     receiver = await WebhookReceiver(free_port(), refuse_first=10**9, refuse_status=410).start()
     try:
-        owner = f"owner-{uuid.uuid4().hex[:10]}"
+        owner = new_owner()
         endpoint = await insert_endpoint(engine, owner, receiver.url)
         rule = await insert_rule(
             engine,

@@ -20,10 +20,12 @@ from tests.integration.alerting import (
     eventually,
     insert_endpoint,
     insert_rule,
+    new_owner,
     notifications_of,
     produce_transitions,
     rows,
     transition,
+    webhook_owner,
 )
 from tests.integration.support import WorkerProcess, free_port
 
@@ -35,10 +37,6 @@ async def receiver() -> AsyncIterator[WebhookReceiver]:
     receiver = await WebhookReceiver(free_port()).start()
     yield receiver
     await receiver.stop()
-
-
-def _owner() -> str:
-    return f"owner-{uuid.uuid4().hex[:10]}"
 
 
 def _alerts(request: Received) -> dict[str, str]:
@@ -53,7 +51,7 @@ async def _received(receiver: WebhookReceiver, count: int) -> list[Received] | N
 async def test_group_wait_batches_instances_then_repeat_and_resolved_notices(
     engine: AsyncEngine, settings: Settings, receiver: WebhookReceiver, ready_worker: WorkerProcess
 ) -> None:
-    owner = _owner()
+    owner = new_owner()
     endpoint = await insert_endpoint(engine, owner, receiver.url)
     rule = await insert_rule(
         engine,
@@ -108,7 +106,7 @@ async def test_group_wait_batches_instances_then_repeat_and_resolved_notices(
 async def test_states_that_do_not_notify_redeliveries_and_no_resolved_notice(
     engine: AsyncEngine, settings: Settings, receiver: WebhookReceiver, ready_worker: WorkerProcess
 ) -> None:
-    owner = _owner()
+    owner = new_owner()
     endpoint = await insert_endpoint(engine, owner, receiver.url)
     rule = await insert_rule(
         engine,
@@ -171,9 +169,7 @@ async def _silence(engine: AsyncEngine, owner: str, matchers: list[dict[str, str
 async def test_silences_mute_matching_alerts_until_they_end(
     engine: AsyncEngine, settings: Settings, receiver: WebhookReceiver, ready_worker: WorkerProcess
 ) -> None:
-    owner = _owner()
-    endpoint = await insert_endpoint(engine, owner, receiver.url)
-    channels = [{"type": "webhook", "endpoint": endpoint}]
+    owner, _, channels = await webhook_owner(engine, receiver.url)
     # One group per chain, and one group holding both chains.
     by_chain = await insert_rule(
         engine, owner, app_id=settings.app_id, channels=channels, group_wait="0s", group_by=["chain"]
@@ -181,7 +177,7 @@ async def test_silences_mute_matching_alerts_until_they_end(
     together = await insert_rule(engine, owner, app_id=settings.app_id, channels=channels, group_wait="1s")
     await _silence(engine, owner, [{"name": "chain", "op": "=~", "value": "Ter.*"}], seconds=6)
     # Another owner's silence never mutes this owner's alerts.
-    await _silence(engine, _owner(), [{"name": "chain", "op": "=", "value": "Ethereum"}], seconds=60)
+    await _silence(engine, new_owner(), [{"name": "chain", "op": "=", "value": "Ethereum"}], seconds=60)
     await produce_transitions(
         settings,
         [

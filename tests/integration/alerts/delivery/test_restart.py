@@ -3,7 +3,6 @@ by webhook-id, and the redelivered transitions are stored once."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import aiohttp
@@ -18,13 +17,13 @@ from tests.integration.alerting import (
     attempts_of,
     delivery_settings,
     eventually,
-    insert_endpoint,
     insert_rule,
     new_secret,
     notifications_of,
     produce_transitions,
     rows,
     transition,
+    webhook_owner,
 )
 from tests.integration.support import WorkerProcess, free_port
 
@@ -47,10 +46,8 @@ async def test_sigkill_between_trigger_and_delivery_loses_and_doubles_nothing(
     engine: AsyncEngine, settings: Settings, worker: WorkerProcess
 ) -> None:
     port = free_port()  # the receiver is down until after the restart: connections are refused
-    owner = f"owner-{uuid.uuid4().hex[:10]}"
     secret = new_secret()
-    endpoint = await insert_endpoint(engine, owner, f"http://127.0.0.1:{port}/hooks/alerts", [secret])
-    channels = [{"type": "webhook", "endpoint": endpoint}]
+    owner, _, channels = await webhook_owner(engine, f"http://127.0.0.1:{port}/hooks/alerts", [secret])
     flushed_rule = await insert_rule(
         engine, owner, app_id=settings.app_id, channels=channels, group_wait="0s"
     )

@@ -3,7 +3,6 @@ accepts, the delivery log, Standard Webhooks signatures checked by an independen
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from typing import Any
 
@@ -23,19 +22,17 @@ from tests.integration.alerting import (
     eventually,
     insert_endpoint,
     insert_rule,
+    new_owner,
     new_secret,
     notifications_of,
     produce_transitions,
     rows,
     transition,
+    webhook_owner,
 )
 from tests.integration.support import WorkerProcess, free_port
 
 pytestmark = pytest.mark.integration
-
-
-def _owner() -> str:
-    return f"owner-{uuid.uuid4().hex[:10]}"
 
 
 async def _all_settled(engine: AsyncEngine, owner: str, expected: int) -> list[Any] | None:
@@ -49,10 +46,8 @@ async def test_refusing_receiver_gets_every_notification_once_by_webhook_id(
 ) -> None:
     receiver = await WebhookReceiver(free_port(), refuse_first=5).start()
     try:
-        owner = _owner()
         secret = new_secret()
-        endpoint = await insert_endpoint(engine, owner, receiver.url, [secret])
-        channels = [{"type": "webhook", "endpoint": endpoint}]
+        owner, _, channels = await webhook_owner(engine, receiver.url, [secret])
         rules = [
             await insert_rule(engine, owner, app_id=settings.app_id, channels=channels, group_wait="0s")
             for _ in range(3)
@@ -114,7 +109,7 @@ async def test_signatures_verify_with_either_secret_during_a_rotation(
 ) -> None:
     receiver = await WebhookReceiver(free_port()).start()
     try:
-        owner = _owner()
+        owner = new_owner()
         new, old = new_secret(), new_secret()
         endpoint = await insert_endpoint(engine, owner, receiver.url, [new, old])
         rule = await insert_rule(
@@ -148,7 +143,7 @@ async def test_private_target_refused_unless_allowed(tmp_path: Any, start_worker
     receiver = await WebhookReceiver(free_port()).start()
     try:
         await start_worker(settings)
-        owner = _owner()
+        owner = new_owner()
         endpoint = await insert_endpoint(engine, owner, receiver.url)
         rule = await insert_rule(
             engine,
